@@ -1,0 +1,46 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything installs into .venv.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TESTSTAMP := $(VENV)/.installed-test
+
+.PHONY: run test check bench-inventory bench-fanout load install clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(TESTSTAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test,dev,load]'
+	touch $@ $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/livesale demo
+
+test: $(TESTSTAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+check: $(TESTSTAMP)
+	$(BIN)/ruff check livesale live realtime commerce monitoring load tests bench
+	$(BIN)/mypy livesale live realtime commerce monitoring load
+	$(BIN)/python -m pytest -q -p no:cacheprovider -W error $(PYTEST_ARGS)
+
+# Benchmarks need Debian's wrk as the load generator (installed through apt when missing, as root).
+bench-inventory: $(TESTSTAMP)
+	$(BIN)/python bench/inventory.py $(BENCH_ARGS)
+
+bench-fanout: $(TESTSTAMP)
+	$(BIN)/python bench/fanout.py $(BENCH_ARGS)
+
+load: $(TESTSTAMP)
+	$(BIN)/python -m load.show $(LOAD_ARGS)
+
+clean:
+	rm -rf .livesale .pytest_cache build *.egg-info
