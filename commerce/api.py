@@ -1,0 +1,97 @@
+"""Commerce routes and background tasks (reserve batcher, stock notices, sweeper, order writer)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from commerce import catalog, orders, sales
+from commerce.orders import COMMERCE, Commerce
+from commerce.payments import TestProvider
+from commerce.sweeper import Sweeper
+from commerce.writer import OrderWriter
+from livesale.auth import require_role
+from livesale.codes import ErrorCode
+from livesale.errors import Conflict, Forbidden, NotFound
+from livesale.services import SERVICES, Services
+from livesale.web import current_user, json_response, read_json
+
+
+async def _stream_owner(svc: Services, request: web.Request, stream_id: str) -> dict[str, Any]:
+    user = current_user(request)
+    require_role(user, "host")
+    meta = await svc.redis.hmget(f"{{stream:{stream_id}}}:meta", "host", "status")  # type: ignore[misc]
+    if meta[0] is None:
+        raise NotFound(f"no stream {stream_id!r}")
+    if user.role != "admin" and meta[0].decode() != user.id:
+        raise Forbidden("only the stream's host may open sales on it")
+    return {"host": meta[0].decode(), "status": meta[1].decode()}
+
+
+async def create_sale(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    stream_id = request.match_info["id"]
+    stream = await _stream_owner(svc, request, stream_id)
+    spec = sales.validate_sale(await read_json(request))
+    if stream["status"] == "ended":
+        raise Conflict("the stream has ended", code=ErrorCode.INVALID_STATE)
+    product = await catalog.get_product(svc, spec["sku"])
+    return json_response(await sales.create_sale(svc, stream_id, spec, product), 201)
+
+
+async def _sale_owner(request: web.Request) -> tuple[Services, str]:
+    svc = request.app[SERVICES]
+    sale = await sales.get_sale(svc, request.match_info["id"])
+    await _stream_owner(svc, request, sale["stream_id"])
+    return svc, sale["id"]
+
+
+async def start_sale(request: web.Request) -> web.Response:
+    svc, sale_id = await _sale_owner(request)
+    return json_response(await sales.transition(svc, sale_id, "start"))
+
+
+async def end_sale(request: web.Request) -> web.Response:
+    svc, sale_id = await _sale_owner(request)
+    return json_response(await sales.transition(svc, sale_id, "end"))
+
+
+async def get_sale(request: web.Request) -> web.Response:
+    return json_response(await sales.get_sale(request.app[SERVICES], request.match_info["id"]))
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    svc = app[SERVICES]
+    com = Commerce(svc, TestProvider())
+    app[COMMERCE] = com
+    com.stock.start()
+    sweeper = Sweeper(svc, com.stock.note, svc.settings.sweep_interval_s)
+    writer = OrderWriter(svc.redis, svc.db, batch=svc.settings.writer_batch, reclaim_ms=svc.settings.writer_reclaim_ms)
+    tasks = [asyncio.create_task(sweeper.run(), name="sweeper"), asyncio.create_task(writer.run(), name="writer")]
+    yield
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await t
+    await com.reserver.close()
+    await com.stock.stop()
+
+
+def setup(app: web.Application) -> None:
+    app.cleanup_ctx.append(_background)
+    r = app.router
+    r.add_post("/api/products", catalog.create_product)
+    r.add_get("/api/products/{sku}", catalog.get_product_handler)
+    r.add_post("/api/streams/{id}/sales", create_sale)
+    r.add_get("/api/sales/{id}", get_sale)
+    r.add_post("/api/sales/{id}/start", start_sale)
+    r.add_post("/api/sales/{id}/end", end_sale)
+    r.add_post("/api/sales/{id}/orders", orders.reserve)
+    r.add_get("/api/orders/{id}", orders.get_order)
+    r.add_post("/api/orders/{id}/pay", orders.pay)
+    r.add_post("/api/orders/{id}/cancel", orders.cancel)

@@ -1,0 +1,54 @@
+"""Redis keys of commerce. Every key of one sale shares the hash tag `{sale:ID}` so each inventory
+script touches one Cluster slot (STYLE.md #8)."""
+
+OPEN_SALES = "commerce:sales:open"  # set of sale ids the sweeper and the order writer follow
+WRITER_GROUP = "order-writer"
+WRITER_SALES = "commerce:sales:writer"  # set of sale ids whose order events the writer still follows
+
+
+def sale(sale_id: str) -> str:
+    """Hash: stock available held sold limit hold_ms price_cents currency sku stream status
+    starts_at ends_at duration_ms (times in epoch ms; starts_at 0 = not scheduled)."""
+    return f"{{sale:{sale_id}}}"
+
+
+def users(sale_id: str) -> str:
+    """Hash: user id -> units reserved + paid (the per-user limit)."""
+    return f"{{sale:{sale_id}}}:users"
+
+
+def idem(sale_id: str) -> str:
+    """Hash: user id NUL idempotency key -> order id."""
+    return f"{{sale:{sale_id}}}:idem"
+
+
+def orders(sale_id: str) -> str:
+    """Hash: s:<oid> status, u:<oid> user, q:<oid> quantity, e:<oid> hold expiry ms, k:<oid> key,
+    c:<oid> created ms."""
+    return f"{{sale:{sale_id}}}:orders"
+
+
+def holds(sale_id: str) -> str:
+    """Sorted set: order id scored by hold expiry (ms)."""
+    return f"{{sale:{sale_id}}}:holds"
+
+
+def events(sale_id: str) -> str:
+    """Stream of order events (reserve, pay, cancel, expire) for the SQL writer."""
+    return f"{{sale:{sale_id}}}:events"
+
+
+def stream_sales(stream_id: str) -> str:
+    """Set of sale ids opened on a stream."""
+    return f"{{stream:{stream_id}}}:sales"
+
+
+def sale_keys(sale_id: str) -> list[str]:
+    """KEYS of every inventory script, in this order."""
+    return [sale(sale_id), users(sale_id), idem(sale_id), orders(sale_id), holds(sale_id), events(sale_id)]
+
+
+def sale_of_order(order_id: str) -> str:
+    """Order ids are `<sale id>.<random>`: the sale (and so the slot) is known from the id alone."""
+    sale_id, sep, _ = order_id.partition(".")
+    return sale_id if sep else ""

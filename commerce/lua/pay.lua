@@ -1,0 +1,23 @@
+-- reserved -> paid. ARGV[1] order id, ARGV[2] user, ARGV[3] 'check' (validate only) or 'commit'.
+-- Returns {0, 'paid'|'ok'}, {-1} unknown or not the user's order, {-2, status} not pending.
+-- A hold past its expiry is expired here and then, even if the sweeper has not come by yet.
+local oid, user = ARGV[1], ARGV[2]
+local o = redis.call('HMGET', KEYS[4], 's:' .. oid, 'u:' .. oid, 'q:' .. oid, 'e:' .. oid, 'k:' .. oid, 'c:' .. oid)
+if not o[1] or o[2] ~= user then return {-1} end
+if o[1] ~= 'reserved' then return {-2, o[1]} end
+local now = now_ms()
+local price = tonumber(redis.call('HGET', KEYS[1], 'price_cents'))
+if now >= tonumber(o[4]) then
+  local units = release(oid, 'expired', price, now)
+  redis.call('HINCRBY', KEYS[1], 'available', units)
+  redis.call('HINCRBY', KEYS[1], 'held', -units)
+  return {-2, 'expired'}
+end
+if ARGV[3] == 'check' then return {0, 'ok'} end
+local qty = tonumber(o[3])
+redis.call('HSET', KEYS[4], 's:' .. oid, 'paid')
+redis.call('ZREM', KEYS[5], oid)
+redis.call('HINCRBY', KEYS[1], 'held', -qty)
+redis.call('HINCRBY', KEYS[1], 'sold', qty)
+order_event('paid', oid, user, qty, qty * price, o[5], o[6], o[4], 2, now)
+return {0, 'paid'}

@@ -1,0 +1,216 @@
+"""Order handlers: reserve (the hot path), pay, cancel, get."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from aiohttp import web
+
+from commerce import inventory, keys
+from commerce.inventory import Reserver, UnknownSale
+from commerce.payments import PaymentProvider, UnknownPaymentMethod
+from commerce.sales import SALE_ID_RE, StockNotices, iso_ms
+from commerce.schema import orders as orders_table
+from livesale.auth import User
+from livesale.codes import ErrorCode
+from livesale.errors import Conflict, Forbidden, NotFound, PaymentDeclined, Unprocessable
+from livesale.redis_client import redis_errors
+from livesale.services import SERVICES, Services
+from livesale.web import json_response, read_json
+from monitoring import metrics as m
+
+ORDER_ID_RE = re.compile(r"^sa[0-9a-f]{12}\.[0-9a-f]{16}$")
+KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
+BUYER_ROLES = ("viewer",)
+
+
+@dataclass(slots=True)
+class SaleInfo:
+    price_cents: int
+    currency: str
+    stream: str
+
+
+class Commerce:
+    """Per-process commerce state: the reserve batcher, stock notices, the payment provider and an
+    immutable-field cache of sales (price and stream never change after creation)."""
+
+    def __init__(self, svc: Services, provider: PaymentProvider) -> None:
+        self.svc = svc
+        self.reserver = Reserver(svc.redis)
+        self.stock = StockNotices(svc)
+        self.reserver.on_stock = self.stock.note
+        self.provider = provider
+        self._sales: dict[str, SaleInfo] = {}
+
+    async def sale_info(self, sale_id: str) -> SaleInfo:
+        info = self._sales.get(sale_id)
+        if info is None:
+            if not SALE_ID_RE.match(sale_id):
+                raise NotFound(f"no sale {sale_id!r}")
+            with redis_errors():
+                price, currency, stream = await self.svc.redis.hmget(  # type: ignore[misc]
+                    keys.sale(sale_id), "price_cents", "currency", "stream"
+                )
+            if price is None:
+                raise NotFound(f"no sale {sale_id!r}")
+            info = self._sales[sale_id] = SaleInfo(int(price), currency.decode(), stream.decode())
+        return info
+
+
+COMMERCE = web.AppKey("livesale_commerce", Commerce)
+
+
+def order_view(order_id: str, status: str, qty: int, price: int, expires_ms: int, created_ms: int) -> dict[str, Any]:
+    return {
+        "id": order_id,
+        "sale": keys.sale_of_order(order_id),
+        "status": status,
+        "quantity": qty,
+        "amount_cents": qty * price,
+        "expires_at": iso_ms(expires_ms),
+        "created_at": iso_ms(created_ms),
+    }
+
+
+def _buyer(request: web.Request) -> User:
+    user = request.app[SERVICES].auth.from_header(request.headers.get("Authorization"))
+    if not user.is_(*BUYER_ROLES):
+        raise Forbidden(f"role {user.role!r} may not buy; use a viewer token")
+    return user
+
+
+async def reserve(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    user = _buyer(request)
+    key = request.headers.get("Idempotency-Key")
+    if not key:
+        raise Unprocessable("the Idempotency-Key header is required", code=ErrorCode.MISSING_IDEMPOTENCY_KEY)
+    if not KEY_RE.match(key):
+        raise Unprocessable("Idempotency-Key must be 1-200 visible ASCII characters")
+    body = await read_json(request)
+    qty = body.get("quantity")
+    if type(qty) is not int or not 1 <= qty <= 100:
+        raise Unprocessable("quantity must be an integer from 1 to 100", code=ErrorCode.INVALID_QUANTITY)
+    sale_id = request.match_info["id"]
+    com = request.app[COMMERCE]
+    info = await com.sale_info(sale_id)
+    try:
+        r = await com.reserver.reserve(sale_id, user.id, key, qty)
+    except UnknownSale:
+        raise NotFound(f"no sale {sale_id!r}") from None
+    outcome = inventory.OUTCOME[r.code]
+    m.RESERVE_OUTCOMES.labels(outcome).inc()
+    m.RESERVE_LATENCY.observe(time.perf_counter() - started)
+    if r.code == inventory.RESERVED or r.code == inventory.DUPLICATE:
+        view = order_view(r.order_id, r.status, r.quantity, info.price_cents, r.expires_ms, r.created_ms)
+        return json_response(view, 201 if r.code == inventory.RESERVED else 200)
+    if r.code == inventory.SOLD_OUT:
+        raise Conflict(f"fewer than {qty} units left", code=ErrorCode.SOLD_OUT, available=r.available)
+    if r.code == inventory.LIMIT_REACHED:
+        raise Conflict("this would exceed the sale's per-user limit", code=ErrorCode.LIMIT_REACHED)
+    if r.code == inventory.NOT_ACTIVE:
+        raise Conflict("the sale is not active", code=ErrorCode.SALE_NOT_ACTIVE)
+    raise Unprocessable(
+        f"Idempotency-Key was used for quantity {r.quantity}", code=ErrorCode.IDEMPOTENCY_CONFLICT, order=r.order_id
+    )
+
+
+def _order_id(request: web.Request) -> str:
+    order_id = request.match_info["id"]
+    if not ORDER_ID_RE.match(order_id):
+        raise NotFound(f"no order {order_id!r}")
+    return order_id
+
+
+async def _load_order(svc: Services, com: Commerce, order_id: str, user: User) -> dict[str, Any]:
+    sale_id = keys.sale_of_order(order_id)
+    f = ("s:", "u:", "q:", "e:", "c:")
+    with redis_errors():
+        s, u, q, e, c = await svc.redis.hmget(keys.orders(sale_id), *(p + order_id for p in f))  # type: ignore[misc]
+    if s is not None:
+        if u.decode() != user.id and user.role != "admin":
+            raise NotFound(f"no order {order_id!r}")
+        info = await com.sale_info(sale_id)
+        return order_view(order_id, s.decode(), int(q), info.price_cents, int(e), int(c))
+    # Not in Redis (an archived sale): the SQL record answers.
+    async with svc.db.connect() as conn:
+        row = (await conn.execute(sa.select(orders_table).where(orders_table.c.id == order_id))).first()
+    if row is None or (row.user_id != user.id and user.role != "admin"):
+        raise NotFound(f"no order {order_id!r}")
+    return {
+        "id": row.id, "sale": row.sale_id, "status": row.status, "quantity": row.quantity,
+        "amount_cents": row.amount_cents, "expires_at": None,
+        "created_at": row.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+    }
+
+
+def _not_pending(status: bytes | str) -> Conflict:
+    st = status.decode() if isinstance(status, bytes) else status
+    return Conflict(f"the order is {st}, not reserved", code=ErrorCode.ORDER_NOT_PENDING, status=st)
+
+
+async def pay(request: web.Request) -> web.Response:
+    svc, com = request.app[SERVICES], request.app[COMMERCE]
+    user = svc.auth.from_header(request.headers.get("Authorization"))
+    order_id = _order_id(request)
+    body = await read_json(request)
+    method = body.get("payment_method")
+    if not isinstance(method, str) or not method:
+        raise Unprocessable("payment_method is required, e.g. pm_card_visa")
+    with redis_errors():
+        r = await inventory.pay(svc.redis, order_id, user.id, commit=False)
+    if r[0] == -1:
+        raise NotFound(f"no order {order_id!r}")
+    if r[0] == -2:
+        m.PAYMENTS.labels("not_pending").inc()
+        raise _not_pending(r[1])
+    order = await _load_order(svc, com, order_id, user)
+    info = await com.sale_info(order["sale"])
+    try:
+        charge = await com.provider.charge(order["amount_cents"], info.currency, method, order_id)
+    except UnknownPaymentMethod:
+        raise Unprocessable(f"unknown payment_method {method!r}") from None
+    if not charge.ok:
+        m.PAYMENTS.labels("declined").inc()
+        raise PaymentDeclined(f"the card was declined ({charge.decline_code}); the hold stays until it expires")
+    with redis_errors():
+        r = await inventory.pay(svc.redis, order_id, user.id, commit=True)
+    if r[0] != 0:
+        # The hold lapsed while the provider was charging: give the money back.
+        await com.provider.refund(charge.id)
+        m.PAYMENTS.labels("refunded").inc()
+        raise _not_pending(r[1] if len(r) > 1 else "unknown")
+    m.PAYMENTS.labels("paid").inc()
+    order["status"] = "paid"
+    order["expires_at"] = None
+    return json_response(order)
+
+
+async def cancel(request: web.Request) -> web.Response:
+    svc, com = request.app[SERVICES], request.app[COMMERCE]
+    user = svc.auth.from_header(request.headers.get("Authorization"))
+    order_id = _order_id(request)
+    with redis_errors():
+        r = await inventory.cancel(svc.redis, order_id, user.id)
+    if r[0] == -1:
+        raise NotFound(f"no order {order_id!r}")
+    if r[0] == -2:
+        raise _not_pending(r[1])
+    m.ORDERS_CANCELLED.inc()
+    com.stock.note(keys.sale_of_order(order_id), int(r[1]))
+    order = await _load_order(svc, com, order_id, user)
+    return json_response(order)
+
+
+async def get_order(request: web.Request) -> web.Response:
+    svc, com = request.app[SERVICES], request.app[COMMERCE]
+    user = svc.auth.from_header(request.headers.get("Authorization"))
+    return json_response(await _load_order(svc, com, _order_id(request), user))
+
+

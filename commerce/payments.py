@@ -1,0 +1,54 @@
+"""Payment providers. A real provider (Stripe, Adyen, ...) implements `PaymentProvider`; the built-in
+`TestProvider` follows Stripe's test payment methods so clients can be built before a contract exists."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    id: str
+    ok: bool
+    decline_code: str = ""
+
+
+class UnknownPaymentMethod(Exception):
+    pass
+
+
+class PaymentProvider(Protocol):
+    async def charge(self, amount_cents: int, currency: str, method: str, idempotency_key: str) -> Charge: ...
+
+    async def refund(self, charge_id: str) -> None: ...
+
+
+class TestProvider:
+    """Stripe's test PaymentMethods (https://docs.stripe.com/testing): the succeeding cards and the
+    common declines. Idempotent per key like Stripe: the same key returns the same charge."""
+
+    SUCCEED = frozenset({"pm_card_visa", "pm_card_mastercard", "pm_card_amex", "pm_card_visa_debit"})
+    DECLINE = {
+        "pm_card_chargeDeclined": "generic_decline",
+        "pm_card_chargeDeclinedInsufficientFunds": "insufficient_funds",
+        "pm_card_chargeDeclinedExpiredCard": "expired_card",
+        "pm_card_chargeDeclinedFraudulent": "fraudulent",
+    }
+
+    def __init__(self) -> None:
+        self._charges: dict[str, Charge] = {}
+        self.refunded: set[str] = set()
+
+    async def charge(self, amount_cents: int, currency: str, method: str, idempotency_key: str) -> Charge:
+        if method not in self.SUCCEED and method not in self.DECLINE:
+            raise UnknownPaymentMethod(method)
+        key = f"{idempotency_key}:{method}"
+        if key not in self._charges:
+            ok = method in self.SUCCEED
+            self._charges[key] = Charge("ch_" + secrets.token_hex(8), ok, self.DECLINE.get(method, ""))
+        return self._charges[key]
+
+    async def refund(self, charge_id: str) -> None:
+        self.refunded.add(charge_id)

@@ -1,0 +1,52 @@
+"""SQL system of record for the catalogue, sales and orders (SQLAlchemy Core)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from livesale.db import metadata
+
+products = sa.Table(
+    "products",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("sku", sa.String(64), nullable=False, unique=True),
+    sa.Column("title", sa.String(200), nullable=False),
+    sa.Column("price_cents", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("image_url", sa.String(500)),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+sales = sa.Table(
+    "sales",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("stream_id", sa.String(40), nullable=False, index=True),
+    sa.Column("sku", sa.String(64), nullable=False),
+    sa.Column("price_cents", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("stock", sa.Integer, nullable=False),
+    sa.Column("per_user_limit", sa.Integer, nullable=False),
+    sa.Column("duration_s", sa.Integer, nullable=False),
+    sa.Column("hold_s", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+orders = sa.Table(
+    "orders",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("sale_id", sa.String(40), nullable=False, index=True),
+    sa.Column("user_id", sa.String(128), nullable=False),
+    sa.Column("idempotency_key", sa.String(200), nullable=False),
+    sa.Column("quantity", sa.Integer, nullable=False),
+    sa.Column("amount_cents", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    # Rises with every transition; an event older than the row never overwrites it (replays are safe).
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("sale_id", "user_id", "idempotency_key", name="uq_order_idempotency"),
+)

@@ -1,0 +1,68 @@
+"""Hold expiry and sale start/end by the clock. Runs in every process; each step is one idempotent
+script per sale, so two processes sweeping at once expire each hold once and announce each change once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from commerce import inventory, keys
+from commerce.sales import get_sale, publish_sale
+from livesale.redis_client import REDIS_DOWN
+from livesale.tasks import pause, raise_if_cancelling
+from livesale.services import Services
+from monitoring import metrics as m
+
+log = logging.getLogger("livesale.sweeper")
+
+
+class Sweeper:
+    def __init__(self, svc: Services, on_stock: Callable[[str, int, int], None], interval: float = 0.25) -> None:
+        self.svc = svc
+        self.on_stock = on_stock
+        self.interval = interval
+
+    async def sweep_once(self) -> int:
+        """One pass over open sales; returns holds expired."""
+        redis = self.svc.redis
+        expired = 0
+        for raw in await redis.smembers(keys.OPEN_SALES):  # type: ignore[misc]
+            sale_id = raw.decode()
+            t = await inventory.tick(redis, sale_id)
+            if t is None:
+                await redis.srem(keys.OPEN_SALES, sale_id)  # type: ignore[misc]
+                continue
+            expired += t.expired
+            if t.expired:
+                m.HOLDS_EXPIRED.inc(t.expired)
+                self.on_stock(sale_id, t.available, t.held)
+            if t.changed:
+                await publish_sale(self.svc.bus, await get_sale(self.svc, sale_id))
+                self.on_stock(sale_id, t.available, t.held)
+            if self.svc.settings.metrics:
+                for state, v in (("available", t.available), ("held", t.held), ("sold", t.sold), ("stock", t.stock)):
+                    m.SALE_UNITS.labels(sale_id, state).set(v)
+                m.SALE_INVARIANT_BROKEN.labels(sale_id).set(abs(t.available + t.held + t.sold - t.stock))
+            if t.status == "ended" and t.held == 0:
+                # Nothing left to expire or announce; the order writer drains the events on its own.
+                await redis.srem(keys.OPEN_SALES, sale_id)  # type: ignore[misc]
+                if self.svc.settings.metrics:
+                    for state in ("available", "held", "sold", "stock"):
+                        m.SALE_UNITS.remove(sale_id, state)
+                    m.SALE_INVARIANT_BROKEN.remove(sale_id)
+        return expired
+
+    async def run(self) -> None:
+        while True:
+            raise_if_cancelling()
+            try:
+                await self.sweep_once()
+            except REDIS_DOWN:
+                m.REDIS_ERRORS.labels("sweeper").inc()
+                await pause(1.0)
+            except Exception:
+                log.exception("sweep failed")
+                await pause(1.0)
+            await pause(self.interval)
+

@@ -1,0 +1,243 @@
+"""The order writer: every order event in Redis ends up in SQL, once.
+
+Each sale has a Redis Stream of order events written by the same scripts that change inventory, and
+a consumer group `order-writer`. A writer reads a batch, upserts it into `orders` in one transaction
+(the row's `version` only moves forward, so a replayed event changes nothing), commits, then XACKs.
+A writer killed between commit and ack replays that batch harmlessly; one killed before commit loses
+nothing because the entries stay pending and are read again (own pending on restart, XAUTOCLAIM for
+entries left by a consumer that never came back). Every process may run a writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis import exceptions as rx
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from commerce import keys
+from commerce.schema import orders
+from livesale.redis_client import REDIS_DOWN
+from livesale.tasks import pause, raise_if_cancelling
+from monitoring import metrics as m
+
+log = logging.getLogger("livesale.writer")
+
+# Test-only fault hook: seconds to sleep between SQL chunks, so a test can kill the writer mid-batch.
+_CHUNK_DELAY = float(os.environ.get("LIVESALE_WRITER_CHUNK_DELAY", "0") or 0)
+CHUNK = 100
+
+
+def _dt(ms: bytes) -> datetime:
+    return datetime.fromtimestamp(int(ms) / 1000, UTC)
+
+
+def event_row(sale_id: str, f: dict[bytes, bytes]) -> dict[str, Any]:
+    return {
+        "id": f[b"o"].decode(),
+        "sale_id": sale_id,
+        "user_id": f[b"u"].decode(),
+        "idempotency_key": f[b"k"].decode(),
+        "quantity": int(f[b"q"]),
+        "amount_cents": int(f[b"a"]),
+        "status": f[b"e"].decode(),
+        "version": int(f[b"v"]),
+        "created_at": _dt(f[b"c"]),
+        "updated_at": _dt(f[b"t"]),
+    }
+
+
+class OrderWriter:
+    def __init__(self, redis: aioredis.Redis, engine: AsyncEngine, *, batch: int = 500,
+                 reclaim_ms: int = 30_000, consumer: str | None = None) -> None:
+        self.redis = redis
+        self.engine = engine
+        self.batch = batch
+        self.reclaim_ms = reclaim_ms
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self._upsert = self._make_upsert()
+        self._groups: set[str] = set()
+
+    def _make_upsert(self) -> Any:
+        dialect = self.engine.dialect.name
+        ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        stmt = ins(orders)
+        return stmt.on_conflict_do_update(
+            index_elements=[orders.c.id],
+            set_={"status": stmt.excluded.status, "version": stmt.excluded.version,
+                  "updated_at": stmt.excluded.updated_at},
+            where=orders.c.version < stmt.excluded.version,
+        )
+
+    async def _ensure_group(self, sale_id: str) -> None:
+        if sale_id in self._groups:
+            return
+        try:
+            await self.redis.xgroup_create(keys.events(sale_id), keys.WRITER_GROUP, id="0", mkstream=True)
+        except rx.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(sale_id)
+
+    async def commit(self, entries: list[tuple[str, bytes, dict[bytes, bytes]]]) -> None:
+        """Upsert then ack. `entries` are (sale id, entry id, fields) in stream order."""
+        if not entries:
+            return
+        latest: dict[str, dict[str, Any]] = {}
+        for sale_id, _eid, fields in entries:
+            row = event_row(sale_id, fields)
+            cur = latest.get(row["id"])
+            if cur is None or cur["version"] < row["version"]:
+                latest[row["id"]] = row
+        rows = list(latest.values())
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        async with self.engine.begin() as conn:
+            for i in range(0, len(rows), CHUNK):
+                await conn.execute(self._upsert, rows[i : i + CHUNK])
+                if _CHUNK_DELAY:
+                    await asyncio.sleep(_CHUNK_DELAY)
+        m.SQL_WRITE_LATENCY.observe(loop.time() - t0)
+        by_sale: dict[str, list[bytes]] = {}
+        for sale_id, eid, _ in entries:
+            by_sale.setdefault(sale_id, []).append(eid)
+        pipe = self.redis.pipeline(transaction=False)
+        for sale_id, ids in by_sale.items():
+            pipe.xack(keys.events(sale_id), keys.WRITER_GROUP, *ids)
+        await pipe.execute()
+        m.WRITER_WRITTEN.inc(len(entries))
+
+    @staticmethod
+    def _flatten(resp: Any) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
+        out = []
+        for stream, items in resp or []:
+            sale_id = stream.decode().split("}")[0].removeprefix("{sale:")
+            for eid, fields in items:
+                if fields:  # a deleted entry comes back with no fields
+                    out.append((sale_id, eid, fields))
+        return out
+
+    async def step(self, block_ms: int = 500, *, pending_first: bool = False) -> int:
+        """Read and commit one batch; returns entries committed."""
+        sale_ids = sorted(s.decode() for s in await self.redis.smembers(keys.WRITER_SALES))  # type: ignore[misc]
+        if not sale_ids:
+            await pause(block_ms / 1000)
+            return 0
+        for sale_id in sale_ids:
+            await self._ensure_group(sale_id)
+        streams = {keys.events(s): ("0" if pending_first else ">") for s in sale_ids}
+        resp = await self.redis.xreadgroup(
+            keys.WRITER_GROUP, self.consumer, streams, count=self.batch, block=None if pending_first else block_ms
+        )
+        entries = self._flatten(resp)
+        await self.commit(entries)
+        return len(entries)
+
+    async def reclaim(self) -> int:
+        """Take over entries another consumer read and never acked (it died)."""
+        total = 0
+        for raw in await self.redis.smembers(keys.WRITER_SALES):  # type: ignore[misc]
+            sale_id = raw.decode()
+            start = "0-0"
+            while True:
+                res = await self.redis.xautoclaim(
+                    keys.events(sale_id), keys.WRITER_GROUP, self.consumer, self.reclaim_ms, start, count=self.batch
+                )
+                start, claimed = res[0], res[1]
+                entries = [(sale_id, eid, f) for eid, f in claimed if f]
+                await self.commit(entries)
+                total += len(entries)
+                if start in (b"0-0", "0-0") or not claimed:
+                    break
+        return total
+
+    async def backlog(self, sale_id: str) -> int:
+        """Events of one sale not yet in SQL: pending in the group plus never delivered."""
+        try:
+            groups = await self.redis.xinfo_groups(keys.events(sale_id))
+        except rx.ResponseError:
+            return 0
+        for g in groups:
+            if g["name"] in (keys.WRITER_GROUP.encode(), keys.WRITER_GROUP):
+                pending = int(g.get("pending") or 0)
+                if g.get("lag") is not None:  # Redis 7+
+                    return pending + int(g["lag"])
+                last = g["last-delivered-id"]
+                last = last.decode() if isinstance(last, bytes) else last
+                rest = await self.redis.xrange(keys.events(sale_id), f"({last}", "+", count=10_000)
+                return pending + len(rest)
+        return 0
+
+    async def lag(self) -> int:
+        """Order events not yet in SQL, over all followed sales."""
+        total = 0
+        for raw in await self.redis.smembers(keys.WRITER_SALES):  # type: ignore[misc]
+            total += await self.backlog(raw.decode())
+        return total
+
+    async def retire_finished(self) -> None:
+        """Stop following sales that are over and fully written."""
+        for raw in await self.redis.smembers(keys.WRITER_SALES):  # type: ignore[misc]
+            sale_id = raw.decode()
+            if await self.redis.sismember(keys.OPEN_SALES, sale_id):  # type: ignore[misc]
+                continue
+            if await self.backlog(sale_id) == 0:
+                await self.redis.srem(keys.WRITER_SALES, sale_id)  # type: ignore[misc]
+                self._groups.discard(sale_id)
+
+    async def drain(self) -> None:
+        """Write everything available now (tests, shutdown, `livesale verify`)."""
+        while await self.step(pending_first=True):
+            pass
+        while await self.step(block_ms=1):
+            pass
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_reclaim = 0.0
+        pending_first = True
+        while True:
+            raise_if_cancelling()
+            try:
+                n = await self.step(pending_first=pending_first)
+                if pending_first and n == 0:
+                    pending_first = False
+                now = loop.time()
+                if now - last_reclaim > max(self.reclaim_ms / 2000, 0.2):
+                    last_reclaim = now
+                    await self.reclaim()
+                    m.WRITER_PENDING.set(await self.lag())
+                    await self.retire_finished()
+            except REDIS_DOWN:
+                m.REDIS_ERRORS.labels("writer").inc()
+                await pause(1.0)
+            except Exception:
+                log.exception("order writer step failed; retrying")
+                await pause(1.0)
+
+
+async def run_standalone(settings: Any) -> int:
+    """`livesale writer`: only the writer, for scaling it apart from the API (and for crash tests)."""
+    from livesale.db import create_tables, make_engine
+    from livesale.redis_client import connect
+
+    if not settings.redis_url:
+        raise SystemExit("livesale writer needs REDIS_URL")
+    redis = connect(settings.redis_url)
+    engine = make_engine(settings.sql_url)
+    await create_tables(engine)
+    writer = OrderWriter(redis, engine, batch=settings.writer_batch, reclaim_ms=settings.writer_reclaim_ms,
+                         consumer=os.environ.get("LIVESALE_WRITER_CONSUMER"))
+    try:
+        await writer.run()
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+    return 0

@@ -1,0 +1,1 @@
+"""Streams, host/moderator controls, media, the application factory and the `livesale` command."""

@@ -1,0 +1,163 @@
+"""HTTP handlers for streams: create, start, end, get, pin (DESIGN.md "HTTP API")."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from aiohttp import web
+
+import commerce.catalog
+import commerce.sales
+import realtime.state
+from live import keys
+from live.schema import streams
+from live.streams import _ALLOWED, StreamStatus, can_pin, transition
+from livesale.auth import User, require_role
+from livesale.codes import ErrorCode
+from livesale.errors import Conflict, Forbidden, NotFound, Unprocessable
+from livesale.redis_client import LuaScript
+from livesale.services import SERVICES, Services
+from livesale.web import current_user, json_response, read_json
+
+_CAS = LuaScript(Path(__file__).with_name("stream_cas.lua"))
+
+
+def iso(ts: float | str | None) -> str | None:
+    if ts in (None, b"", ""):
+        return None
+    return datetime.fromtimestamp(float(ts), UTC).isoformat().replace("+00:00", "Z")  # type: ignore[arg-type]
+
+
+async def load_stream(svc: Services, stream_id: str) -> dict[str, Any]:
+    """The stream's hot state from Redis, 404 when unknown."""
+    raw = await svc.redis.hgetall(keys.meta(stream_id))  # type: ignore[misc]
+    if not raw:
+        raise NotFound(f"no stream {stream_id!r}")
+    d = {k.decode(): v.decode() for k, v in raw.items()}
+    return {
+        "id": stream_id,
+        "status": d["status"],
+        "host": d["host"],
+        "title": d["title"],
+        "created_at": iso(d.get("created_at")),
+        "started_at": iso(d.get("started_at")),
+        "ended_at": iso(d.get("ended_at")),
+        "pinned": orjson.loads(d["pinned"]) if d.get("pinned") else None,
+    }
+
+
+async def stream_view(svc: Services, stream_id: str) -> dict[str, Any]:
+    view = await load_stream(svc, stream_id)
+    counters = await realtime.state.stream_counters(svc.redis, stream_id)
+    view.update(counters)
+    view["sales"] = await commerce.sales.list_for_stream(svc, stream_id)
+    return view
+
+
+async def snapshot_source(svc: Services, stream_id: str) -> dict[str, Any] | None:
+    """What the hub puts in a `snapshot` besides its own counters; None for an unknown stream."""
+    try:
+        st = await load_stream(svc, stream_id)
+    except NotFound:
+        return None
+    return {
+        "stream": {k: st[k] for k in ("id", "status", "host", "title")},
+        "pinned": st["pinned"],
+        "sales": await commerce.sales.list_for_stream(svc, stream_id),
+    }
+
+
+def _owner(user: User, stream: dict[str, Any]) -> None:
+    require_role(user, "host")
+    if user.role != "admin" and stream["host"] != user.id:
+        raise Forbidden("only the stream's host may control it")
+
+
+async def create_stream(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    user = current_user(request)
+    require_role(user, "host")
+    body = await read_json(request)
+    title = body.get("title")
+    if not isinstance(title, str) or not title.strip() or len(title) > 200:
+        raise Unprocessable("title must be a string of 1-200 characters")
+    stream_id = "st" + secrets.token_hex(6)
+    now = datetime.now(UTC)
+    async with svc.db.begin() as conn:
+        await conn.execute(
+            streams.insert().values(
+                id=stream_id, host=user.id, title=title.strip(), status="scheduled", created_at=now
+            )
+        )
+    await svc.redis.hset(  # type: ignore[misc]
+        keys.meta(stream_id),
+        mapping={"host": user.id, "title": title.strip(), "status": "scheduled", "created_at": now.timestamp()},
+    )
+    return json_response(await stream_view(svc, stream_id), 201)
+
+
+async def _transition(request: web.Request, action: str) -> web.Response:
+    svc = request.app[SERVICES]
+    user = current_user(request)
+    stream_id = request.match_info["id"]
+    stream = await load_stream(svc, stream_id)
+    _owner(user, stream)
+    new = transition(stream["status"], action)  # fast, friendly 409 before touching Redis
+    allowed = ",".join(s.value for s in _ALLOWED[action])
+    now = datetime.now(UTC)
+    field = "started_at" if new is StreamStatus.LIVE else "ended_at"
+    ok, cur = await _CAS(svc.redis, [keys.meta(stream_id)], [action, new.value, allowed, field, now.timestamp()])  # type: ignore[misc]
+    if not ok:
+        transition(cur.decode(), action)  # raises with the state another request just set
+    async with svc.db.begin() as conn:
+        await conn.execute(
+            streams.update().where(streams.c.id == stream_id).values(status=new.value, **{field: now})
+        )
+    await svc.bus.publish_log(stream_id, {"type": "stream", "status": new.value})
+    if new is StreamStatus.ENDED:
+        await commerce.sales.end_for_stream(svc, stream_id)
+    return json_response(await stream_view(svc, stream_id))
+
+
+async def start_stream(request: web.Request) -> web.Response:
+    return await _transition(request, "start")
+
+
+async def end_stream(request: web.Request) -> web.Response:
+    return await _transition(request, "end")
+
+
+async def get_stream(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    return json_response(await stream_view(svc, request.match_info["id"]))
+
+
+async def pin_product(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    user = current_user(request)
+    stream_id = request.match_info["id"]
+    stream = await load_stream(svc, stream_id)
+    _owner(user, stream)
+    body = await read_json(request)
+    sku = body.get("sku")
+    if not isinstance(sku, str) or not sku:
+        raise Unprocessable("sku must be a non-empty string")
+    if not can_pin(stream["status"]):
+        raise Conflict(f"cannot pin on a stream that is {stream['status']}", code=ErrorCode.INVALID_STATE)
+    product = await commerce.catalog.get_product(svc, sku)
+    await svc.redis.hset(keys.meta(stream_id), "pinned", orjson.dumps(product))  # type: ignore[misc]
+    await svc.bus.publish_log(stream_id, {"type": "pin", "product": product})
+    return json_response(await stream_view(svc, stream_id))
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/api/streams", create_stream)
+    app.router.add_get("/api/streams/{id}", get_stream)
+    app.router.add_post("/api/streams/{id}/start", start_stream)
+    app.router.add_post("/api/streams/{id}/end", end_stream)
+    app.router.add_post("/api/streams/{id}/pin", pin_product)

@@ -1,0 +1,71 @@
+"""The aiohttp application factory: one process serves the API, the WebSocket hub, media and /metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import sqlalchemy as sa
+from aiohttp import web
+
+import commerce.api
+import live.api
+import realtime
+from livesale.auth import Verifier
+from livesale.bus import Bus
+from livesale.config import Settings
+from livesale.db import create_tables, make_engine
+from livesale.errors import Unavailable
+from livesale.redis_client import connect, redis_errors
+from livesale.services import SERVICES, Services
+from livesale.web import METRICS_ON, error_middleware, json_response
+from monitoring import exposition
+
+MAX_BODY = 64 * 1024
+
+
+def create_app(settings: Settings) -> web.Application:
+    if not settings.redis_url:
+        raise ValueError("settings.redis_url is required (the CLI starts an embedded Redis when unset)")
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app[METRICS_ON] = settings.metrics
+
+    async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+        redis = connect(settings.redis_url or "")
+        engine = make_engine(settings.sql_url)
+        await create_tables(engine)
+        app[SERVICES] = Services(
+            settings=settings,
+            redis=redis,
+            db=engine,
+            auth=Verifier(settings.secret),
+            bus=Bus(redis, settings.stream_log_maxlen),
+        )
+        yield
+        await redis.aclose()
+        await engine.dispose()
+
+    app.cleanup_ctx.append(services_ctx)
+    live.api.setup(app)
+    commerce.api.setup(app)
+    realtime.setup(app)
+    app.router.add_get("/metrics", exposition.metrics_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when Redis and SQL both answer; 503 `unavailable` otherwise."""
+    svc = request.app[SERVICES]
+    with redis_errors():
+        await svc.redis.ping()  # type: ignore[misc]
+    try:
+        async with svc.db.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any SQL failure means not ready
+        raise Unavailable(f"sql unreachable: {exc.__class__.__name__}") from exc
+    return json_response({"status": "ready"})

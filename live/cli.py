@@ -1,0 +1,133 @@
+"""The `livesale` command: serve, demo, token, writer, swarm, verify."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from livesale.config import Settings
+from livesale.embedded_redis import EmbeddedRedis
+
+log = logging.getLogger("livesale")
+
+
+def _install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _worker(settings: Settings, reuse_port: bool, demo: bool) -> None:
+    from aiohttp import web
+
+    from live.app import create_app
+
+    _install_uvloop()
+    app = create_app(settings)
+    if demo:
+        from live.demo import seed_on_startup
+
+        app.on_startup.append(seed_on_startup)
+    web.run_app(
+        app, host=settings.host, port=settings.port, reuse_port=reuse_port, print=None,
+        access_log=None, handle_signals=True, shutdown_timeout=5,
+    )
+
+
+def serve(settings: Settings, *, demo: bool = False) -> int:
+    embedded: EmbeddedRedis | None = None
+    if not settings.redis_url:
+        embedded = EmbeddedRedis(settings.data_dir / "redis").start()
+        settings = dataclasses.replace(settings, redis_url=embedded.url)
+        log.warning("embedded redis-server on %s (data in %s)", embedded.url, embedded.data_dir)
+    try:
+        if settings.workers <= 1:
+            _worker(settings, False, demo)
+            return 0
+        # Several workers share the port (SO_REUSEPORT) and Redis; metrics aggregate over all of them.
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="livesale-metrics-")
+        ctx = multiprocessing.get_context("spawn")
+        procs = [
+            ctx.Process(target=_worker, args=(settings, True, demo and i == 0), daemon=False)
+            for i in range(settings.workers)
+        ]
+        for p in procs:
+            p.start()
+
+        def _stop(*_: object) -> None:
+            for p in procs:
+                if p.pid and p.is_alive():
+                    os.kill(p.pid, signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        for p in procs:
+            p.join()
+        return 0
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="livesale", description="Live-stream selling backend")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name, help_ in (("serve", "run the server"), ("demo", "run the server with a seeded demo stream")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--host", default="127.0.0.1")
+        s.add_argument("--port", type=int, default=8080)
+        s.add_argument("--workers", type=int, default=1)
+        s.add_argument("--no-metrics", action="store_true", help="skip metric updates (to measure their cost)")
+    t = sub.add_parser("token", help="print a signed token")
+    t.add_argument("--user", required=True)
+    t.add_argument("--role", default="viewer", choices=["viewer", "host", "moderator", "admin"])
+    t.add_argument("--ttl", type=int, default=3600)
+    sub.add_parser("writer", help="run only the order writer (Redis order events -> SQL)")
+    sub.add_parser("swarm", help="asyncio viewer swarm (see load/README.md)", add_help=False)
+    sub.add_parser("verify", help="check a sale for oversell and lost orders", add_help=False)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if argv and argv[0] == "swarm":
+        from load.swarm import main as swarm_main
+
+        return swarm_main(argv[1:])
+    if argv and argv[0] == "verify":
+        from load.verify import main as verify_main
+
+        return verify_main(argv[1:])
+    args = _parser().parse_args(argv)
+    if args.cmd in ("serve", "demo"):
+        settings = Settings.from_env(
+            host=args.host, port=args.port, workers=args.workers, metrics=not args.no_metrics
+        )
+        return serve(settings, demo=args.cmd == "demo")
+    if args.cmd == "token":
+        from livesale.auth import mint
+
+        print(mint(Settings.from_env().secret, args.user, args.role, args.ttl))
+        return 0
+    if args.cmd == "writer":
+        from commerce.writer import run_standalone
+
+        _install_uvloop()
+        return asyncio.run(run_standalone(Settings.from_env()))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

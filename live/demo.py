@@ -1,0 +1,67 @@
+"""`livesale demo`: a seeded stream with two products and a running flash sale, and how to buy."""
+
+from __future__ import annotations
+
+import secrets
+
+import orjson
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from commerce import catalog, sales
+from commerce.schema import products
+from live import keys
+from live.schema import streams
+from livesale.auth import mint
+from livesale.services import SERVICES
+
+PRODUCTS = [
+    {"sku": "DEMO-TEE", "title": "Livesale tee, black", "price_cents": 1900, "currency": "USD", "image_url": None},
+    {"sku": "DEMO-MUG", "title": "Livesale mug", "price_cents": 1200, "currency": "USD", "image_url": None},
+]
+
+
+async def seed_on_startup(app: web.Application) -> None:
+    svc = app[SERVICES]
+    host = "demo-host"
+    now = datetime.now(UTC)
+    async with svc.db.begin() as conn:
+        for p in PRODUCTS:
+            exists = (await conn.execute(products.select().where(products.c.sku == p["sku"]))).first()
+            if exists is None:
+                await conn.execute(products.insert().values(id="pr" + secrets.token_hex(6), owner=host,
+                                                            created_at=now, **p))
+    stream_id = "st" + secrets.token_hex(6)
+    async with svc.db.begin() as conn:
+        await conn.execute(streams.insert().values(id=stream_id, host=host, title="Demo drop", status="live",
+                                                   created_at=now, started_at=now))
+    tee = await catalog.get_product(svc, "DEMO-TEE")
+    await svc.redis.hset(keys.meta(stream_id), mapping={  # type: ignore[misc]
+        "host": host, "title": "Demo drop", "status": "live", "created_at": now.timestamp(),
+        "started_at": now.timestamp(), "pinned": orjson.dumps(tee),
+    })
+    spec = {"sku": "DEMO-TEE", "price_cents": 1500, "stock": 100, "per_user_limit": 2, "duration_s": 3600,
+            "hold_s": 120, "starts_at": int(now.timestamp() * 1000)}
+    sale = await sales.create_sale(svc, stream_id, spec, tee)
+    s = svc.settings
+    base = f"http://{s.host}:{s.port}"
+    viewer = mint(s.secret, "alice", "viewer", 86400)
+    hosttok = mint(s.secret, host, "host", 86400)
+    print(f"""
+livesale demo is up on {base}
+  stream {stream_id} (live), flash sale {sale['id']}: {sale['stock']} x {sale['sku']} at $15.00, limit 2 per buyer
+
+  viewer token (alice):  export TOKEN={viewer}
+  host token:            export HOST_TOKEN={hosttok}
+
+  # look at the sale
+  curl -s {base}/api/sales/{sale['id']}
+  # reserve 1 unit (retrying with the same Idempotency-Key returns the same order)
+  curl -s -X POST {base}/api/sales/{sale['id']}/orders -H "Authorization: Bearer $TOKEN" \\
+       -H 'Idempotency-Key: my-first-order' -d '{{"quantity": 1}}'
+  # pay it (pm_card_chargeDeclined declines), or cancel it
+  curl -s -X POST {base}/api/orders/<order id>/pay -H "Authorization: Bearer $TOKEN" -d '{{"payment_method": "pm_card_visa"}}'
+  # watch the stream: websocket {base.replace('http', 'ws')}/ws/streams/{stream_id}?token=$TOKEN
+  # metrics: curl -s {base}/metrics
+""", flush=True)

@@ -1,0 +1,64 @@
+"""Settings from the environment (DESIGN.md "Running")."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+
+def _load_secret(data_dir: Path) -> str:
+    # No LIVESALE_SECRET: keep one per data dir so `livesale token` and `livesale serve` agree.
+    path = data_dir / "secret"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(value)
+        return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    redis_url: str | None = None
+    database_url: str | None = None
+    secret: str = ""
+    data_dir: Path = Path(".livesale")
+    workers: int = 1
+    # Hold expiry and sale start/end sweep period; holds come back "within a second".
+    sweep_interval_s: float = 0.25
+    # Order writer: a pending entry idle this long is taken over from a dead consumer.
+    writer_reclaim_ms: int = 30_000
+    writer_batch: int = 500
+    # Bounded stream log kept for `since=` resume.
+    stream_log_maxlen: int = 1000
+    metrics: bool = True
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        env = os.environ
+        data_dir = Path(overrides.pop("data_dir", None) or env.get("LIVESALE_DATA", ".livesale"))
+        s = cls(
+            redis_url=env.get("REDIS_URL") or None,
+            database_url=env.get("DATABASE_URL") or None,
+            data_dir=data_dir,
+            writer_reclaim_ms=int(env.get("LIVESALE_WRITER_RECLAIM_MS", "30000")),
+            sweep_interval_s=float(env.get("LIVESALE_SWEEP_INTERVAL", "0.25")),
+            metrics=env.get("LIVESALE_METRICS", "1") not in ("0", "false", "off"),
+        )
+        secret = overrides.pop("secret", None) or env.get("LIVESALE_SECRET") or _load_secret(data_dir)
+        return replace(s, secret=secret, **overrides)
+
+    @property
+    def sql_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'livesale.db').resolve()}"

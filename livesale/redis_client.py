@@ -1,0 +1,53 @@
+"""Redis connection and the one place redis-py errors become ours (STYLE.md #3)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis import exceptions as rx
+
+from livesale.errors import Unavailable
+
+REDIS_DOWN = (rx.ConnectionError, rx.TimeoutError, ConnectionError, OSError, rx.BusyLoadingError)
+
+
+def connect(url: str, *, max_connections: int = 200) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=False,
+        socket_connect_timeout=1.0,
+        socket_timeout=3.0,
+        health_check_interval=0,
+        max_connections=max_connections,
+    )
+
+
+@contextlib.contextmanager
+def redis_errors() -> Iterator[None]:
+    """Map a lost Redis to 503 `unavailable` (never a guessed answer)."""
+    try:
+        yield
+    except REDIS_DOWN as exc:
+        raise Unavailable(f"redis unreachable: {exc.__class__.__name__}") from exc
+
+
+class LuaScript:
+    """A Lua file beside the code that loads it; EVALSHA with a reload on NOSCRIPT
+    (a restarted Redis has an empty script cache)."""
+
+    def __init__(self, path: Path, prelude: str = "") -> None:
+        import hashlib
+
+        self.source = (prelude + "\n" + path.read_text()) if prelude else path.read_text()
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+        self.name = path.stem
+
+    async def __call__(self, r: aioredis.Redis, keys: list[str], args: list[object]) -> object:
+        try:
+            return await r.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+        except rx.NoScriptError:
+            await r.script_load(self.source)  # type: ignore[misc]
+            return await r.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]

@@ -1,0 +1,90 @@
+"""HTTP plumbing shared by the API handlers: JSON in and out, auth, and the error middleware that
+turns the exception tree into `{"error": code, "message": ...}` bodies."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from livesale.auth import User
+from livesale.codes import ErrorCode
+from livesale.errors import BadRequest, LivesaleError, Unavailable
+from livesale.redis_client import REDIS_DOWN
+from livesale.services import SERVICES
+from monitoring import metrics as m
+
+log = logging.getLogger("livesale.http")
+
+_HTTP_CODES = {
+    400: ErrorCode.BAD_REQUEST,
+    401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+}
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, headers=headers, content_type="application/json")
+
+
+def error_response(exc: LivesaleError) -> web.Response:
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
+    return json_response(exc.body(), exc.status, headers)
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    body = await request.read()
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest("request body is not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    return data
+
+
+def current_user(request: web.Request) -> User:
+    return request.app[SERVICES].auth.from_header(request.headers.get("Authorization"))
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _route_label(request: web.Request) -> str:
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "unmatched"
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    start = time.perf_counter()
+    try:
+        resp = await handler(request)
+    except LivesaleError as exc:
+        resp = error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, ErrorCode.BAD_REQUEST if exc.status < 500 else ErrorCode.INTERNAL)
+        resp = json_response({"error": str(code), "message": exc.reason}, exc.status)
+    except REDIS_DOWN as exc:
+        m.REDIS_ERRORS.labels("http").inc()
+        resp = error_response(Unavailable(f"redis unreachable: {exc.__class__.__name__}"))
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        resp = json_response({"error": "internal", "message": "internal server error"}, 500)
+    if request.app.get(METRICS_ON, True):
+        route = _route_label(request)
+        m.HTTP_REQUESTS.labels(route, request.method, str(resp.status)).inc()
+        m.HTTP_LATENCY.labels(route, request.method).observe(time.perf_counter() - start)
+    return resp
+
+
+METRICS_ON = web.AppKey("livesale_metrics_on", bool)

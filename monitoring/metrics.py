@@ -1,0 +1,82 @@
+"""Every livesale metric, in base units, with bounded label sets (no user or order ids).
+
+With several workers, prometheus-client's multiprocess mode is used (PROMETHEUS_MULTIPROC_DIR set
+before this module is imported); `multiprocess_mode` says how each gauge combines across workers.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# --- realtime hub
+WS_CONNECTIONS = Gauge(
+    "livesale_ws_connections", "Open viewer WebSocket connections", multiprocess_mode="livesum"
+)
+WS_EVENTS_SENT = Counter(
+    "livesale_ws_events_sent_total", "Events delivered to viewer connections (one per viewer)", ["type"]
+)
+WS_EVENTS_DROPPED = Counter(
+    "livesale_ws_events_dropped_total", "Events not delivered to a viewer", ["type", "reason"]
+)
+WS_SLOW_CLOSES = Counter(
+    "livesale_ws_slow_consumer_closes_total", "Connections closed with 4008 (slow consumer)"
+)
+WS_CLOSES = Counter("livesale_ws_closes_total", "Connections closed by the server, by close code", ["code"])
+WS_CLIENT_ERRORS = Counter(
+    "livesale_ws_client_errors_total", "Client frames answered with an error event, by code", ["code"]
+)
+WS_PUBLISHED = Counter("livesale_ws_events_published_total", "Events published to a stream", ["type"])
+WS_PUBLISH_LAG = Histogram(
+    "livesale_ws_publish_lag_seconds", "Time from publish to the write to viewer sockets", buckets=LAG_BUCKETS
+)
+
+# --- HTTP
+HTTP_REQUESTS = Counter("livesale_http_requests_total", "HTTP requests", ["route", "method", "status"])
+HTTP_LATENCY = Histogram(
+    "livesale_http_request_duration_seconds", "HTTP request latency", ["route", "method"],
+    buckets=LATENCY_BUCKETS,
+)
+
+# --- inventory
+RESERVE_OUTCOMES = Counter(
+    "livesale_reserve_total",
+    "Reserve attempts by outcome (reserved, duplicate, sold_out, limit_reached, not_active, conflict)",
+    ["outcome"],
+)
+RESERVE_LATENCY = Histogram(
+    "livesale_reserve_duration_seconds", "Reserve latency inside the server (queue + Redis)",
+    buckets=LATENCY_BUCKETS,
+)
+RESERVE_BATCH = Histogram(
+    "livesale_reserve_batch_size", "Reserve calls sent to Redis in one pipeline",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+SALE_UNITS = Gauge(
+    "livesale_sale_units", "Units of an open sale by state (available, held, sold, stock)",
+    ["sale", "state"], multiprocess_mode="mostrecent",
+)
+SALE_INVARIANT_BROKEN = Gauge(
+    "livesale_sale_invariant_violation_units",
+    "|available + held + sold - stock| for an open sale; anything but 0 is an oversell bug",
+    ["sale"], multiprocess_mode="max",
+)
+HOLDS_EXPIRED = Counter("livesale_holds_expired_total", "Unpaid holds expired (units returned)")
+ORDERS_CANCELLED = Counter("livesale_orders_cancelled_total", "Orders cancelled by their buyer")
+PAYMENTS = Counter("livesale_payments_total", "Payment attempts by outcome", ["outcome"])
+
+# --- order writer (Redis stream -> SQL)
+WRITER_PENDING = Gauge(
+    "livesale_order_writer_pending",
+    "Order events not yet committed to SQL (undelivered + pending in the consumer group)",
+    multiprocess_mode="max",
+)
+WRITER_WRITTEN = Counter("livesale_order_writer_events_total", "Order events committed to SQL")
+SQL_WRITE_LATENCY = Histogram(
+    "livesale_sql_write_duration_seconds", "One order-writer SQL transaction", buckets=LATENCY_BUCKETS
+)
+
+# --- dependencies
+REDIS_ERRORS = Counter("livesale_redis_errors_total", "Redis calls that failed, by operation", ["op"])

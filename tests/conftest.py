@@ -1,0 +1,71 @@
+"""Fixtures: one real embedded redis-server per test session (the launcher the app uses), flushed
+per test; real servers on loopback; real HTTP clients."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis as syncredis
+
+from livesale.config import Settings
+from livesale.embedded_redis import EmbeddedRedis
+from tests.helpers import Api, LiveServer, start_app_server
+
+SECRET = "test-secret-not-for-production-0123456789"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.restart()  # a test that stopped Redis must not break the next one
+    c = syncredis.Redis.from_url(redis_server.url)
+    c.flushall()
+    c.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'livesale.db'}"
+
+
+@pytest.fixture
+def settings(redis_url: str, database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        redis_url=redis_url,
+        database_url=database_url,
+        secret=SECRET,
+        data_dir=tmp_path,
+        sweep_interval_s=0.1,
+        writer_reclaim_ms=1000,
+    )
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[LiveServer]:
+    async with start_app_server(settings) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def api(server: LiveServer) -> AsyncIterator[Api]:
+    async with Api(server) as a:
+        yield a
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    url = os.environ.get("LIVESALE_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("LIVESALE_TEST_POSTGRES_URL not set")
+    return url

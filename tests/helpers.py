@@ -1,0 +1,165 @@
+"""Test helpers: a real server on loopback (in-process or as a `livesale serve` subprocess) and a
+small API client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from live.app import create_app
+from livesale.auth import mint
+from livesale.config import Settings
+from livesale.embedded_redis import free_port
+
+
+@dataclass
+class LiveServer:
+    settings: Settings
+    port: int
+    app: web.Application | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def token(self, user: str, role: str = "viewer", ttl: int = 3600) -> str:
+        return mint(self.settings.secret, user, role, ttl)
+
+
+@contextlib.asynccontextmanager
+async def start_app_server(settings: Settings) -> AsyncIterator[LiveServer]:
+    """The real app on a real loopback socket, in this process."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield LiveServer(settings, port, app=app)
+    finally:
+        await runner.cleanup()
+
+
+def spawn_server(settings: Settings, *, workers: int = 1, extra_env: dict[str, str] | None = None) -> LiveServer:
+    """A separate `livesale serve` process on the given settings' Redis and SQL."""
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        REDIS_URL=settings.redis_url or "",
+        DATABASE_URL=settings.database_url or "",
+        LIVESALE_SECRET=settings.secret,
+        LIVESALE_DATA=str(settings.data_dir),
+        LIVESALE_SWEEP_INTERVAL=str(settings.sweep_interval_s),
+        LIVESALE_WRITER_RECLAIM_MS=str(settings.writer_reclaim_ms),
+    )
+    env.update(extra_env or {})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "live.cli", "serve", "--port", str(port), "--workers", str(workers)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    srv = LiveServer(settings, port, proc=proc)
+    deadline = time.monotonic() + 20
+    import urllib.request
+
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+        try:
+            with urllib.request.urlopen(srv.url + "/readyz", timeout=0.5) as r:
+                if r.status == 200:
+                    return srv
+        except OSError:
+            time.sleep(0.1)
+    stop_server(srv)
+    raise RuntimeError("server did not become ready")
+
+
+def stop_server(srv: LiveServer, sig: int = signal.SIGTERM) -> None:
+    if srv.proc is not None and srv.proc.poll() is None:
+        srv.proc.send_signal(sig)
+        try:
+            srv.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            srv.proc.kill()
+            srv.proc.wait(5)
+
+
+@dataclass
+class Api:
+    """Thin client over the HTTP API for tests. Methods return (status, json)."""
+
+    server: LiveServer
+    session: aiohttp.ClientSession = field(init=False)
+
+    async def __aenter__(self) -> Api:
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.session.close()
+
+    async def call(self, method: str, path: str, *, token: str | None = None, json: Any = None,
+                   data: bytes | str | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        h = dict(headers or {})
+        if token:
+            h["Authorization"] = f"Bearer {token}"
+        async with self.session.request(method, self.server.url + path, json=json, data=data, headers=h) as r:
+            try:
+                body = await r.json(content_type=None)
+            except ValueError:
+                body = await r.text()
+            return r.status, body
+
+    async def setup_sale(self, *, stock: int = 10, per_user_limit: int = 2, hold_s: int = 60,
+                         duration_s: int = 600, start: bool = True, host: str = "host1",
+                         price_cents: int = 1000) -> dict[str, Any]:
+        """A product, a live stream and a sale (started unless start=False). Returns ids and tokens."""
+        ht = self.server.token(host, "host")
+        sku = f"SKU-{os.urandom(4).hex()}"
+        st, p = await self.call("POST", "/api/products", token=ht,
+                                json={"sku": sku, "title": "Thing", "price_cents": price_cents})
+        assert st == 201, p
+        st, s = await self.call("POST", "/api/streams", token=ht, json={"title": "Show"})
+        assert st == 201, s
+        st, _ = await self.call("POST", f"/api/streams/{s['id']}/start", token=ht)
+        assert st == 200
+        st, sale = await self.call("POST", f"/api/streams/{s['id']}/sales", token=ht, json={
+            "sku": sku, "price_cents": price_cents, "stock": stock, "per_user_limit": per_user_limit,
+            "duration_s": duration_s, "hold_s": hold_s})
+        assert st == 201, sale
+        if start:
+            st, sale = await self.call("POST", f"/api/sales/{sale['id']}/start", token=ht)
+            assert st == 200, sale
+        return {"sale": sale, "sale_id": sale["id"], "stream_id": s["id"], "sku": sku, "host_token": ht}
+
+    async def reserve(self, sale_id: str, user: str, key: str, quantity: int = 1) -> tuple[int, Any]:
+        return await self.call("POST", f"/api/sales/{sale_id}/orders", token=self.server.token(user),
+                               json={"quantity": quantity}, headers={"Idempotency-Key": key})
+
+
+async def wait_for(pred: Any, timeout: float = 5.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = await pred() if asyncio.iscoroutinefunction(pred) else pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
