@@ -136,7 +136,8 @@ class Reserver:
                     if not op[4].done():
                         op[4].set_exception(exc)
             raise
-        m.RESERVE_BATCH.observe(sum(len(ops) for _, ops in calls))
+        if m.ENABLED:
+            m.RESERVE_BATCH.observe(sum(len(ops) for _, ops in calls))
         for (sale_id, ops), res in zip(calls, results, strict=True):
             if isinstance(res, Exception) or int(res[0]) == -1:
                 exc2: Exception = res if isinstance(res, Exception) else UnknownSale(sale_id)

@@ -105,8 +105,9 @@ async def reserve(request: web.Request) -> web.Response:
     except UnknownSale:
         raise NotFound(f"no sale {sale_id!r}") from None
     outcome = inventory.OUTCOME[r.code]
-    m.RESERVE_OUTCOMES.labels(outcome).inc()
-    m.RESERVE_LATENCY.observe(time.perf_counter() - started)
+    if m.ENABLED:
+        m.RESERVE_OUTCOMES.labels(outcome).inc()
+        m.RESERVE_LATENCY.observe(time.perf_counter() - started)
     if r.code == inventory.RESERVED or r.code == inventory.DUPLICATE:
         view = order_view(r.order_id, r.status, r.quantity, info.price_cents, r.expires_ms, r.created_ms)
         return json_response(view, 201 if r.code == inventory.RESERVED else 200)

@@ -40,14 +40,14 @@ class Sweeper:
             if t.changed:
                 await publish_sale(self.svc.bus, await get_sale(self.svc, sale_id))
                 self.on_stock(sale_id, t.available, t.held)
-            if self.svc.settings.metrics:
+            if m.ENABLED:
                 for state, v in (("available", t.available), ("held", t.held), ("sold", t.sold), ("stock", t.stock)):
                     m.SALE_UNITS.labels(sale_id, state).set(v)
                 m.SALE_INVARIANT_BROKEN.labels(sale_id).set(abs(t.available + t.held + t.sold - t.stock))
             if t.status == "ended" and t.held == 0:
                 # Nothing left to expire or announce; the order writer drains the events on its own.
                 await redis.srem(keys.OPEN_SALES, sale_id)  # type: ignore[misc]
-                if self.svc.settings.metrics:
+                if m.ENABLED:
                     for state in ("available", "held", "sold", "stock"):
                         m.SALE_UNITS.remove(sale_id, state)
                     m.SALE_INVARIANT_BROKEN.remove(sale_id)

@@ -17,8 +17,9 @@ from livesale.db import create_tables, make_engine
 from livesale.errors import Unavailable
 from livesale.redis_client import connect, redis_errors
 from livesale.services import SERVICES, Services
-from livesale.web import METRICS_ON, error_middleware, json_response
+from livesale.web import error_middleware, json_response
 from monitoring import exposition
+from monitoring import metrics as m
 
 MAX_BODY = 64 * 1024
 
@@ -27,7 +28,7 @@ def create_app(settings: Settings) -> web.Application:
     if not settings.redis_url:
         raise ValueError("settings.redis_url is required (the CLI starts an embedded Redis when unset)")
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
-    app[METRICS_ON] = settings.metrics
+    m.ENABLED = settings.metrics
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         redis = connect(settings.redis_url or "")

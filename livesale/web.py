@@ -80,11 +80,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         resp = json_response({"error": "internal", "message": "internal server error"}, 500)
-    if request.app.get(METRICS_ON, True):
+    if m.ENABLED:
         route = _route_label(request)
         m.HTTP_REQUESTS.labels(route, request.method, str(resp.status)).inc()
         m.HTTP_LATENCY.labels(route, request.method).observe(time.perf_counter() - start)
     return resp
 
-
-METRICS_ON = web.AppKey("livesale_metrics_on", bool)
