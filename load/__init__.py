@@ -1,1 +1,1 @@
-"""Load testing: Locust file, asyncio viewer swarm, oversell verifier, `make load` show (see load/README.md)."""
+"""Load generators: Locust scenarios, the asyncio viewer swarm, the oversell verifier."""
