@@ -1,0 +1,1 @@
+"""Load generators: Locust scenarios, the asyncio viewer swarm, the oversell verifier."""
