@@ -89,13 +89,15 @@ async def test_redis_killed_mid_sale_keeps_every_acknowledged_order(settings: Se
             s = await api.setup_sale(stock=5000, per_user_limit=30, hold_s=600)
             sale_id = s["sale_id"]
             acked: dict[str, int] = {}
-            killed = asyncio.Event()
+            killed, enough = asyncio.Event(), asyncio.Event()
 
             async def buyer(i: int) -> None:
                 for j in range(30):
                     st, body = await api.reserve(sale_id, f"k{i}", f"key{j}")
                     if st in (200, 201):
                         acked[body["id"]] = body["quantity"]
+                        if len(acked) == 300:
+                            enough.set()
                     elif st == 503:
                         return
                     else:
@@ -104,8 +106,7 @@ async def test_redis_killed_mid_sale_keeps_every_acknowledged_order(settings: Se
                         return
 
             async def killer() -> None:
-                while len(acked) < 300:
-                    await asyncio.sleep(0.001)
+                await enough.wait()
                 own.kill()
                 killed.set()
 
