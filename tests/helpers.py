@@ -157,7 +157,7 @@ class Api:
                                json={"quantity": quantity}, headers={"Idempotency-Key": key})
 
 
-async def wait_for(pred: Any, timeout: float = 5.0, interval: float = 0.05) -> Any:
+async def wait_for(pred: Any, timeout: float = 5.0, interval: float = 0.05) -> Any:  # noqa: ASYNC109 - polls a condition, not an I/O call
     deadline = time.monotonic() + timeout
     while True:
         v = pred()

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from dataclasses import replace
 
-import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import text
 
