@@ -71,7 +71,9 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     com.stock.start()
     sweeper = Sweeper(svc, com.stock.note, svc.settings.sweep_interval_s)
     writer = OrderWriter(svc.redis, svc.db, batch=svc.settings.writer_batch, reclaim_ms=svc.settings.writer_reclaim_ms)
-    tasks = [asyncio.create_task(sweeper.run(), name="sweeper"), asyncio.create_task(writer.run(), name="writer")]
+    tasks = [asyncio.create_task(sweeper.run(), name="sweeper")]
+    if svc.settings.run_writer:
+        tasks.append(asyncio.create_task(writer.run(), name="writer"))
     yield
     for t in tasks:
         t.cancel()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 import sqlalchemy as sa
@@ -169,7 +169,8 @@ async def pay(request: web.Request) -> web.Response:
     if r[0] == -1:
         raise NotFound(f"no order {order_id!r}")
     if r[0] == -2:
-        m.PAYMENTS.labels("not_pending").inc()
+        if m.ENABLED:
+            m.PAYMENTS.labels("not_pending").inc()
         raise _not_pending(r[1])
     order = await _load_order(svc, com, order_id, user)
     info = await com.sale_info(order["sale"])
@@ -178,16 +179,19 @@ async def pay(request: web.Request) -> web.Response:
     except UnknownPaymentMethod:
         raise Unprocessable(f"unknown payment_method {method!r}") from None
     if not charge.ok:
-        m.PAYMENTS.labels("declined").inc()
+        if m.ENABLED:
+            m.PAYMENTS.labels("declined").inc()
         raise PaymentDeclined(f"the card was declined ({charge.decline_code}); the hold stays until it expires")
     with redis_errors():
         r = await inventory.pay(svc.redis, order_id, user.id, commit=True)
     if r[0] != 0:
         # The hold lapsed while the provider was charging: give the money back.
         await com.provider.refund(charge.id)
-        m.PAYMENTS.labels("refunded").inc()
+        if m.ENABLED:
+            m.PAYMENTS.labels("refunded").inc()
         raise _not_pending(r[1] if len(r) > 1 else "unknown")
-    m.PAYMENTS.labels("paid").inc()
+    if m.ENABLED:
+        m.PAYMENTS.labels("paid").inc()
     order["status"] = "paid"
     order["expires_at"] = None
     return json_response(order)
@@ -203,7 +207,8 @@ async def cancel(request: web.Request) -> web.Response:
         raise NotFound(f"no order {order_id!r}")
     if r[0] == -2:
         raise _not_pending(r[1])
-    m.ORDERS_CANCELLED.inc()
+    if m.ENABLED:
+        m.ORDERS_CANCELLED.inc()
     com.stock.note(keys.sale_of_order(order_id), int(r[1]))
     order = await _load_order(svc, com, order_id, user)
     return json_response(order)

@@ -3,15 +3,14 @@ script per sale, so two processes sweeping at once expire each hold once and ann
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
 from commerce import inventory, keys
 from commerce.sales import get_sale, publish_sale
 from livesale.redis_client import REDIS_DOWN
-from livesale.tasks import pause, raise_if_cancelling
 from livesale.services import Services
+from livesale.tasks import pause, raise_if_cancelling
 from monitoring import metrics as m
 
 log = logging.getLogger("livesale.sweeper")
@@ -27,6 +26,7 @@ class Sweeper:
         """One pass over open sales; returns holds expired."""
         redis = self.svc.redis
         expired = 0
+        shown: list[str] = []
         for raw in await redis.smembers(keys.OPEN_SALES):  # type: ignore[misc]
             sale_id = raw.decode()
             t = await inventory.tick(redis, sale_id)
@@ -35,22 +35,22 @@ class Sweeper:
                 continue
             expired += t.expired
             if t.expired:
-                m.HOLDS_EXPIRED.inc(t.expired)
+                if m.ENABLED:
+                    m.HOLDS_EXPIRED.inc(t.expired)
                 self.on_stock(sale_id, t.available, t.held)
             if t.changed:
                 await publish_sale(self.svc.bus, await get_sale(self.svc, sale_id))
                 self.on_stock(sale_id, t.available, t.held)
-            if m.ENABLED:
-                for state, v in (("available", t.available), ("held", t.held), ("sold", t.sold), ("stock", t.stock)):
-                    m.SALE_UNITS.labels(sale_id, state).set(v)
-                m.SALE_INVARIANT_BROKEN.labels(sale_id).set(abs(t.available + t.held + t.sold - t.stock))
             if t.status == "ended" and t.held == 0:
                 # Nothing left to expire or announce; the order writer drains the events on its own.
                 await redis.srem(keys.OPEN_SALES, sale_id)  # type: ignore[misc]
-                if m.ENABLED:
-                    for state in ("available", "held", "sold", "stock"):
-                        m.SALE_UNITS.remove(sale_id, state)
-                    m.SALE_INVARIANT_BROKEN.remove(sale_id)
+                continue
+            if m.ENABLED:
+                m.set_sale_units(sale_id, t.available, t.held, t.sold, t.stock)
+                shown.append(sale_id)
+        if m.ENABLED:
+            # Also drops sales another process closed, so no stale series outlives its sale.
+            m.retain_sales(shown)
         return expired
 
     async def run(self) -> None:

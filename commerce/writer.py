@@ -104,7 +104,8 @@ class OrderWriter:
                 await conn.execute(self._upsert, rows[i : i + CHUNK])
                 if _CHUNK_DELAY:
                     await asyncio.sleep(_CHUNK_DELAY)
-        m.SQL_WRITE_LATENCY.observe(loop.time() - t0)
+        if m.ENABLED:
+            m.SQL_WRITE_LATENCY.observe(loop.time() - t0)
         by_sale: dict[str, list[bytes]] = {}
         for sale_id, eid, _ in entries:
             by_sale.setdefault(sale_id, []).append(eid)
@@ -112,7 +113,8 @@ class OrderWriter:
         for sale_id, ids in by_sale.items():
             pipe.xack(keys.events(sale_id), keys.WRITER_GROUP, *ids)
         await pipe.execute()
-        m.WRITER_WRITTEN.inc(len(entries))
+        if m.ENABLED:
+            m.WRITER_WRITTEN.inc(len(entries))
 
     @staticmethod
     def _flatten(resp: Any) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
@@ -213,7 +215,8 @@ class OrderWriter:
                 if now - last_reclaim > max(self.reclaim_ms / 2000, 0.2):
                     last_reclaim = now
                     await self.reclaim()
-                    m.WRITER_PENDING.set(await self.lag())
+                    if m.ENABLED:
+                        m.WRITER_PENDING.set(await self.lag())
                     await self.retire_finished()
             except REDIS_DOWN:
                 m.REDIS_ERRORS.labels("writer").inc()

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import sqlalchemy as sa
 from aiohttp import web
 
 import commerce.catalog
@@ -111,9 +110,9 @@ async def _transition(request: web.Request, action: str) -> web.Response:
     allowed = ",".join(s.value for s in _ALLOWED[action])
     now = datetime.now(UTC)
     field = "started_at" if new is StreamStatus.LIVE else "ended_at"
-    ok, cur = await _CAS(svc.redis, [keys.meta(stream_id)], [action, new.value, allowed, field, now.timestamp()])  # type: ignore[misc]
-    if not ok:
-        transition(cur.decode(), action)  # raises with the state another request just set
+    res: Any = await _CAS(svc.redis, [keys.meta(stream_id)], [action, new.value, allowed, field, now.timestamp()])
+    if not res[0]:
+        transition(res[1].decode(), action)  # raises with the state another request just set
     async with svc.db.begin() as conn:
         await conn.execute(
             streams.update().where(streams.c.id == stream_id).values(status=new.value, **{field: now})

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import os

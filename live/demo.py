@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import secrets
-
-import orjson
 from datetime import UTC, datetime
 
+import orjson
 from aiohttp import web
 
 from commerce import catalog, sales

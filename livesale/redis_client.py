@@ -14,15 +14,19 @@ from livesale.errors import Unavailable
 REDIS_DOWN = (rx.ConnectionError, rx.TimeoutError, ConnectionError, OSError, rx.BusyLoadingError)
 
 
-def connect(url: str, *, max_connections: int = 200) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
+def connect(url: str, *, max_connections: int = 100) -> aioredis.Redis:
+    # A blocking pool: under a burst, callers queue for a connection instead of failing with
+    # "Too many connections" (which would surface as a wrong 503).
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
         decode_responses=False,
         socket_connect_timeout=1.0,
         socket_timeout=3.0,
         health_check_interval=0,
         max_connections=max_connections,
+        timeout=3.0,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 @contextlib.contextmanager

@@ -68,6 +68,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         resp = await handler(request)
     except LivesaleError as exc:
+        if m.ENABLED and isinstance(exc.__cause__, REDIS_DOWN):  # redis_errors() mapped a lost Redis
+            m.REDIS_ERRORS.labels("http").inc()
         resp = error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -75,7 +77,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         code = _HTTP_CODES.get(exc.status, ErrorCode.BAD_REQUEST if exc.status < 500 else ErrorCode.INTERNAL)
         resp = json_response({"error": str(code), "message": exc.reason}, exc.status)
     except REDIS_DOWN as exc:
-        m.REDIS_ERRORS.labels("http").inc()
+        if m.ENABLED:
+            m.REDIS_ERRORS.labels("http").inc()
         resp = error_response(Unavailable(f"redis unreachable: {exc.__class__.__name__}"))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)

@@ -1,10 +1,21 @@
 """Every livesale metric, in base units, with bounded label sets (no user or order ids).
 
+Label sets stay bounded: `route` is the route template (`/api/sales/{id}/orders`, or `unmatched`),
+`status`/`code`/`outcome`/`reason`/`type`/`op` come from fixed lists (livesale.codes and the outcome
+tables), and `sale` is one of the sales that are open right now (the sweeper drops a sale's series
+when it closes, see `retain_sales`).
+
 With several workers, prometheus-client's multiprocess mode is used (PROMETHEUS_MULTIPROC_DIR set
 before this module is imported); `multiprocess_mode` says how each gauge combines across workers.
+The per-sale gauges are the exception: they mirror Redis (every worker's sweeper refreshes all of them
+every sweep), so `/metrics` serves them from the answering worker's own registry, where a closed
+sale's series can really be removed (see exposition.py and monitoring/README.md).
 """
 
 from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -60,22 +71,24 @@ RESERVE_BATCH = Histogram(
 )
 SALE_UNITS = Gauge(
     "livesale_sale_units", "Units of an open sale by state (available, held, sold, stock)",
-    ["sale", "state"], multiprocess_mode="mostrecent",
+    ["sale", "state"], multiprocess_mode="livemostrecent",
 )
 SALE_INVARIANT_BROKEN = Gauge(
     "livesale_sale_invariant_violation_units",
     "|available + held + sold - stock| for an open sale; anything but 0 is an oversell bug",
-    ["sale"], multiprocess_mode="max",
+    ["sale"], multiprocess_mode="livemax",
 )
 HOLDS_EXPIRED = Counter("livesale_holds_expired_total", "Unpaid holds expired (units returned)")
 ORDERS_CANCELLED = Counter("livesale_orders_cancelled_total", "Orders cancelled by their buyer")
-PAYMENTS = Counter("livesale_payments_total", "Payment attempts by outcome", ["outcome"])
+PAYMENTS = Counter(
+    "livesale_payments_total", "Payment attempts by outcome (paid, declined, refunded, not_pending)", ["outcome"]
+)
 
 # --- order writer (Redis stream -> SQL)
 WRITER_PENDING = Gauge(
     "livesale_order_writer_pending",
     "Order events not yet committed to SQL (undelivered + pending in the consumer group)",
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 WRITER_WRITTEN = Counter("livesale_order_writer_events_total", "Order events committed to SQL")
 SQL_WRITE_LATENCY = Histogram(
@@ -84,3 +97,32 @@ SQL_WRITE_LATENCY = Histogram(
 
 # --- dependencies
 REDIS_ERRORS = Counter("livesale_redis_errors_total", "Redis calls that failed, by operation", ["op"])
+
+SALE_STATES = ("available", "held", "sold", "stock")
+# Served from the answering process's registry even in multiprocess mode (see the module docstring).
+PER_PROCESS_VIEWS = frozenset({SALE_UNITS._name, SALE_INVARIANT_BROKEN._name})
+
+_sales_shown: set[str] = set()
+
+
+def set_sale_units(sale_id: str, available: int, held: int, sold: int, stock: int) -> None:
+    """Publish one open sale's units and its invariant check (available + held + sold == stock)."""
+    for state, v in zip(SALE_STATES, (available, held, sold, stock), strict=True):
+        SALE_UNITS.labels(sale_id, state).set(v)
+    SALE_INVARIANT_BROKEN.labels(sale_id).set(abs(available + held + sold - stock))
+    _sales_shown.add(sale_id)
+
+
+def retain_sales(open_sales: Iterable[str]) -> None:
+    """Drop the series of every sale not in `open_sales` (closed here or by another process), so the
+    `sale` label only ever holds open sales."""
+    keep = set(open_sales)
+    with warnings.catch_warnings():
+        # prometheus-client warns that removal does not reach the multiprocess files; these two
+        # gauges are served from this process's registry instead (PER_PROCESS_VIEWS).
+        warnings.simplefilter("ignore", UserWarning)
+        for sale_id in _sales_shown - keep:
+            for state in SALE_STATES:
+                SALE_UNITS.remove(sale_id, state)
+            SALE_INVARIANT_BROKEN.remove(sale_id)
+    _sales_shown.intersection_update(keep)

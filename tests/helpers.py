@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import signal
 import subprocess
@@ -70,17 +71,19 @@ def spawn_server(settings: Settings, *, workers: int = 1, extra_env: dict[str, s
         LIVESALE_WRITER_RECLAIM_MS=str(settings.writer_reclaim_ms),
     )
     env.update(extra_env or {})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "live.cli", "serve", "--port", str(port), "--workers", str(workers)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    log_path = settings.data_dir / f"server-{port}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "live.cli", "serve", "--port", str(port), "--workers", str(workers)],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
     srv = LiveServer(settings, port, proc=proc)
     deadline = time.monotonic() + 20
     import urllib.request
 
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            raise RuntimeError(f"server exited: {log_path.read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(srv.url + "/readyz", timeout=0.5) as r:
                 if r.status == 200:
@@ -154,10 +157,12 @@ class Api:
                                json={"quantity": quantity}, headers={"Idempotency-Key": key})
 
 
-async def wait_for(pred: Any, timeout: float = 5.0, interval: float = 0.05) -> Any:
+async def wait_for(pred: Any, timeout: float = 5.0, interval: float = 0.05) -> Any:  # noqa: ASYNC109 - polls a condition, not an I/O call
     deadline = time.monotonic() + timeout
     while True:
-        v = await pred() if asyncio.iscoroutinefunction(pred) else pred()
+        v = pred()
+        if inspect.isawaitable(v):
+            v = await v
         if v:
             return v
         if time.monotonic() > deadline:

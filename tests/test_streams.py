@@ -1,0 +1,56 @@
+"""Streams: the lifecycle state machine (pure) and the host controls over HTTP."""
+
+from __future__ import annotations
+
+import pytest
+
+from live.streams import StreamStatus, transition
+from livesale.errors import Conflict
+from tests.helpers import Api
+
+
+def test_lifecycle_transitions() -> None:
+    """scheduled -> live -> ended; anything else is a 409 that names the current state."""
+    assert transition("scheduled", "start") is StreamStatus.LIVE
+    assert transition("live", "end") is StreamStatus.ENDED
+    assert transition("scheduled", "end") is StreamStatus.ENDED
+    for cur, action in (("live", "start"), ("ended", "start"), ("ended", "end")):
+        with pytest.raises(Conflict, match=cur):
+            transition(cur, action)
+
+
+async def test_host_runs_a_stream(api: Api) -> None:
+    """A host creates, starts, pins and ends a stream; the stream view carries pinned, sales, counters;
+    ending the stream ends its sales; others may not control it."""
+    ht = api.server.token("hana", "host")
+    st, p = await api.call("POST", "/api/products", token=ht, json={"sku": "HAT-1", "title": "Hat", "price_cents": 900})
+    assert st == 201 and p["currency"] == "USD"
+    st, s = await api.call("POST", "/api/streams", token=ht, json={"title": "Hats tonight"})
+    assert st == 201 and s["status"] == "scheduled" and s["host"] == "hana"
+    assert (s["viewers"], s["likes"], s["sales"], s["pinned"]) == (0, 0, [], None)
+    st, body = await api.call("POST", f"/api/streams/{s['id']}/start", token=api.server.token("ivan", "host"))
+    assert st == 403
+    st, live = await api.call("POST", f"/api/streams/{s['id']}/start", token=ht)
+    assert st == 200 and live["status"] == "live" and live["started_at"]
+    st, pinned = await api.call("POST", f"/api/streams/{s['id']}/pin", token=ht, json={"sku": "HAT-1"})
+    assert st == 200 and pinned["pinned"]["sku"] == "HAT-1"
+    st, sale = await api.call("POST", f"/api/streams/{s['id']}/sales", token=ht, json={
+        "sku": "HAT-1", "price_cents": 500, "stock": 3, "per_user_limit": 1, "duration_s": 60, "hold_s": 30})
+    assert st == 201 and sale["status"] == "scheduled" and sale["available"] == 3
+    st, _ = await api.call("POST", f"/api/sales/{sale['id']}/start", token=ht)
+    st, view = await api.call("GET", f"/api/streams/{s['id']}")
+    assert [x["id"] for x in view["sales"]] == [sale["id"]] and view["sales"][0]["status"] == "active"
+    st, ended = await api.call("POST", f"/api/streams/{s['id']}/end", token=ht)
+    assert st == 200 and ended["status"] == "ended" and ended["sales"][0]["status"] == "ended"
+    st, again = await api.call("POST", f"/api/streams/{s['id']}/start", token=ht)
+    assert st == 409 and again["error"] == "invalid_state" and "ended" in again["message"]
+    st, late = await api.call("POST", f"/api/streams/{s['id']}/sales", token=ht, json={
+        "sku": "HAT-1", "price_cents": 500, "stock": 3, "per_user_limit": 1, "duration_s": 60, "hold_s": 30})
+    assert st == 409
+
+
+async def test_health_and_readiness(api: Api) -> None:
+    """/healthz and /readyz answer 200 while Redis and SQL are up."""
+    assert (await api.call("GET", "/healthz"))[0] == 200
+    st, body = await api.call("GET", "/readyz")
+    assert st == 200 and body["status"] == "ready"
