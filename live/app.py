@@ -48,7 +48,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(services_ctx)
     live.api.setup(app)
     commerce.api.setup(app)
-    realtime.setup(app)
+    realtime.setup(app, snapshot_source=live.api.snapshot_source)
     app.router.add_get("/metrics", exposition.metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -7,4 +7,15 @@ def likes(stream_id: str) -> str:
 
 
 def viewers_total(stream_id: str) -> str:
+    """Last total computed by a process's report (what the `viewers` event carried)."""
     return f"{{stream:{stream_id}}}:viewers"
+
+
+def viewer_procs(stream_id: str) -> str:
+    """Hash: process id -> "local_count:expires_ms" (a process that stops reporting drops out)."""
+    return f"{{stream:{stream_id}}}:viewer_procs"
+
+
+def muted(user_id: str) -> str:
+    """Set while a user is muted (global, with an optional TTL)."""
+    return f"{{user:{user_id}}}:muted"

@@ -1,0 +1,165 @@
+"""One viewer connection's outbound side: a buffer bounded in bytes and a writer that never makes
+a broadcast wait (STYLE.md #5, DESIGN.md "Fan-out rules").
+
+A room hands every connection the same `Batch` (one frame, encoded once). A connection that keeps
+up gets the frame written straight to its transport, the way `websockets.broadcast()` does; one
+that lags queues batches and gets a writer task that waits for its transport to drain. Over the
+bound, queued comments are dropped and state events keep only their latest value; a connection
+that stays over the bound for `slow_close_s` is closed with 4008.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from livesale.codes import CloseCode
+from monitoring import metrics as m
+from realtime import protocol
+
+# Bytes the kernel-side transport may hold before a connection counts as lagging and its batches
+# queue in our own (bounded, sheddable) buffer instead.
+TRANSPORT_HIGH = 64 * 1024
+CLOSE_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    kind: str  # event type
+    key: Hashable | None  # conflation key for state events, None for stream-log events
+    payload: bytes
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    items: tuple[Item, ...]
+    wire: bytes  # the WebSocket frame holding all items
+
+    @classmethod
+    def of(cls, items: tuple[Item, ...]) -> Batch:
+        return cls(items, protocol.text_frame(protocol.batch([i.payload for i in items])))
+
+
+class Conn:
+    __slots__ = ("ws", "transport", "user", "stream_id", "queue", "queued", "over_since", "ready",
+                 "closed", "closing", "writer", "bound", "slow_close_s", "on_close", "min_seq", "__weakref__")
+
+    def __init__(self, ws: Any, transport: asyncio.Transport, user: Any, stream_id: str, bound: int,
+                 slow_close_s: float, on_close: Callable[[Conn, CloseCode], None]) -> None:
+        self.ws = ws
+        self.transport = transport
+        self.user = user
+        self.stream_id = stream_id
+        self.queue: deque[Batch] = deque()
+        self.queued = 0  # bytes in `queue`
+        self.over_since: float | None = None
+        self.ready = False  # false until the snapshot (or replay) went out; batches wait until then
+        self.closed = False
+        self.closing: asyncio.Task[None] | None = None  # the close handshake the server started
+        self.writer: asyncio.Task[None] | None = None
+        self.bound = bound
+        self.slow_close_s = slow_close_s
+        self.on_close = on_close
+        self.min_seq = 0  # stream-log events up to this seq were in the snapshot or replay
+
+    # --- called by the room, synchronously, for every viewer: must never await
+    def deliver(self, batch: Batch, now: float) -> bool:
+        """Queue or write `batch`; False when it could not be written at once."""
+        if self.closed:
+            return False
+        if self.ready and not self.queue and self.transport.get_write_buffer_size() < TRANSPORT_HIGH:
+            self.transport.write(batch.wire)
+            return True
+        self.queue.append(batch)
+        self.queued += len(batch.wire)
+        if self.queued > self.bound:
+            self._shed(now)
+            if self.over_since is None:
+                self.over_since = now
+            elif now - self.over_since > self.slow_close_s:
+                self.close(CloseCode.SLOW_CONSUMER)
+                return False
+        if self.ready and self.writer is None:
+            self.writer = asyncio.get_running_loop().create_task(self._write_backlog())
+        return False
+
+    def _shed(self, now: float) -> None:
+        """Drop queued comments first; keep the latest value of each state key; keep other log events."""
+        kept: list[Item] = []
+        latest: dict[Hashable, Item] = {}
+        for b in self.queue:
+            for it in b.items:
+                if it.key is not None:
+                    if m.ENABLED and it.key in latest:
+                        m.WS_EVENTS_DROPPED.labels(it.kind, "conflated").inc()
+                    latest[it.key] = it
+                elif it.kind == "comment":
+                    if m.ENABLED:
+                        m.WS_EVENTS_DROPPED.labels("comment", "slow_consumer").inc()
+                else:
+                    kept.append(it)
+        self._requeue(tuple(kept) + tuple(latest.values()))
+
+    def _requeue(self, items: tuple[Item, ...]) -> None:
+        self.queue.clear()
+        self.queued = 0
+        if items:
+            b = Batch.of(items)
+            self.queue.append(b)
+            self.queued = len(b.wire)
+
+    def start(self, min_seq: int) -> None:
+        """The snapshot or replay is out: release what arrived meanwhile, minus what it already held."""
+        self.min_seq = min_seq
+        if self.queue:
+            self._requeue(tuple(i for b in self.queue for i in b.items if i.seq is None or i.seq > min_seq))
+        self.ready = True
+        if self.queue and self.writer is None:
+            self.writer = asyncio.get_running_loop().create_task(self._write_backlog())
+
+    async def _write_backlog(self) -> None:
+        try:
+            while self.queue and not self.closed:
+                while self.transport.get_write_buffer_size() >= TRANSPORT_HIGH:
+                    if self.closed or self.transport.is_closing():
+                        return
+                    await asyncio.sleep(0.02)
+                batches = list(self.queue)
+                self.queue.clear()
+                self.queued = 0
+                if len(batches) == 1:
+                    self.transport.write(batches[0].wire)
+                else:
+                    self.transport.write(Batch.of(tuple(i for b in batches for i in b.items)).wire)
+            self.over_since = None
+        finally:
+            self.writer = None
+
+    def send_now(self, payload: bytes) -> None:
+        """A reply to this viewer alone (error, pong, snapshot): tiny, written at once."""
+        if not self.closed and not self.transport.is_closing():
+            self.transport.write(protocol.text_frame(payload))
+
+    def close(self, code: CloseCode) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.queue.clear()
+        self.queued = 0
+        if self.writer is not None:
+            self.writer.cancel()
+        self.on_close(self, code)
+
+    async def aclose(self, code: CloseCode) -> None:
+        """Send the close frame; a peer that does not answer in time loses the transport."""
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self.ws.close(code=int(code), message=code.name.lower().encode())
+        except (TimeoutError, ConnectionError):
+            with contextlib.suppress(Exception):
+                self.transport.abort()

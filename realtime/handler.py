@@ -1,0 +1,158 @@
+"""`GET /ws/streams/{id}?token=&since=`: the viewer socket (DESIGN.md "WebSocket").
+
+The socket is always accepted first; bad tokens and unknown streams are then closed with 4501 and
+4504, because browsers cannot read the status of a refused handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from livesale.bus import now_ms
+from livesale.codes import CloseCode, ErrorCode
+from livesale.errors import Unauthorized
+from livesale.redis_client import REDIS_DOWN
+from monitoring import metrics as m
+from realtime import keys, protocol, snapshot, state
+from realtime.conn import Conn
+from realtime.hub import Hub
+from realtime.limits import FloodGuard
+from realtime.protocol import Comment, Like, Ping, ProtocolError
+
+HUB = web.AppKey("realtime_hub", Hub)
+
+
+def _since(raw: str | None) -> int | None:
+    """A `since` that is not a non-negative integer is ignored: the viewer gets a snapshot."""
+    if raw is None or not raw.isdigit() or len(raw) > 18:
+        return None
+    return int(raw)
+
+
+async def _reject(ws: web.WebSocketResponse, code: CloseCode, message: str) -> web.WebSocketResponse:
+    if m.ENABLED:
+        m.WS_CLOSES.labels(str(int(code))).inc()
+    await ws.close(code=int(code), message=message.encode())
+    return ws
+
+
+async def ws_handler(request: web.Request) -> web.StreamResponse:
+    hub = request.app[HUB]
+    svc, cfg = hub.svc, hub.cfg
+    stream_id = request.match_info["id"]
+    ws = web.WebSocketResponse(heartbeat=cfg.heartbeat_s, max_msg_size=protocol.MAX_FRAME_BYTES,
+                               compress=False, decode_text=False, timeout=5.0)
+    await ws.prepare(request)
+    user = None
+    token = request.query.get("token")
+    if token:
+        try:
+            user = svc.auth.verify(token)
+        except Unauthorized as exc:
+            return await _reject(ws, CloseCode.UNAUTHORIZED, exc.message)
+    if len(stream_id) > 64:
+        return await _reject(ws, CloseCode.NO_SUCH_STREAM, "no such stream")
+    transport = request.transport
+    assert transport is not None
+    conn = Conn(ws, transport, user, stream_id, cfg.outbound_bytes, cfg.slow_close_s, hub.close_conn)  # type: ignore[arg-type]
+    await hub.join(conn)
+    try:
+        if not await _first_frames(hub, conn, _since(request.query.get("since"))):
+            return await _reject(ws, CloseCode.NO_SUCH_STREAM, "no such stream")
+        await _receive(hub, conn, ws)
+    finally:
+        hub.leave(conn)
+        conn.closed = True
+        if conn.writer is not None:
+            conn.writer.cancel()
+    if conn.closing is not None:
+        await asyncio.shield(conn.closing)
+    elif not ws.closed:
+        await ws.close()
+    return ws
+
+
+async def _first_frames(hub: Hub, conn: Conn, since: int | None) -> bool:
+    """Snapshot, or replay for `since`; False for an unknown stream. Runs after joining the room, so
+    nothing published meanwhile is lost (the connection holds it until `start`)."""
+    svc, sid = hub.svc, conn.stream_id
+    seq = await snapshot.current_seq(svc, sid)
+    source = await hub.snapshot_source(svc, sid)
+    if source is None:
+        return False
+    recovered = None
+    if since is not None:
+        events = await snapshot.missed(svc, sid, since, seq)
+        if events is not None:
+            counters = await state.stream_counters(svc.redis, sid)
+            conn.send_now(protocol.batch(events + snapshot.state_events(source, counters)))
+            conn.start(seq)
+            return True
+        recovered = False
+    snap = await snapshot.snapshot(svc, source, sid, seq, hub.cfg.recent_comments, recovered=recovered)
+    conn.send_now(orjson.dumps(snap))
+    conn.start(seq)
+    return True
+
+
+async def _receive(hub: Hub, conn: Conn, ws: web.WebSocketResponse) -> None:
+    flood = FloodGuard()
+    while not conn.closed:
+        msg = await ws.receive()
+        if msg.type is WSMsgType.TEXT:
+            err = await _command(hub, conn, protocol.parse(msg.data))
+        elif msg.type is WSMsgType.BINARY:
+            err = ProtocolError(ErrorCode.INVALID_FRAME, "frames must be text")
+        else:  # close, closing, error (aiohttp already closed an oversized frame with 1009)
+            if msg.type is WSMsgType.ERROR and m.ENABLED and ws.close_code is not None:
+                m.WS_CLOSES.labels(str(ws.close_code)).inc()
+            return
+        if err is None:
+            continue
+        conn.send_now(protocol.encode_error(err.code, err.message))
+        if m.ENABLED:
+            m.WS_CLIENT_ERRORS.labels(str(err.code)).inc()
+        if flood.hit(time.monotonic()):
+            conn.close(CloseCode.RATE_LIMITED)
+            return
+
+
+async def _command(hub: Hub, conn: Conn, cmd: protocol.Command | ProtocolError) -> ProtocolError | None:
+    if isinstance(cmd, ProtocolError):
+        return cmd
+    if isinstance(cmd, Ping):
+        conn.send_now(protocol.PONG)
+        return None
+    if conn.user is None:
+        return ProtocolError(ErrorCode.UNAUTHENTICATED, "anonymous viewers may watch, not write")
+    if isinstance(cmd, Like):
+        hub.likes.add(conn.stream_id, hub.like_cap.take(conn.user.id, cmd.count, time.monotonic()))
+        return None
+    assert isinstance(cmd, Comment)
+    return await _comment(hub, conn, cmd)
+
+
+async def _comment(hub: Hub, conn: Conn, cmd: Comment) -> ProtocolError | None:
+    err = hub.words.check(cmd.text)
+    if err is not None:
+        return err
+    uid = conn.user.id
+    try:
+        if await hub.svc.redis.exists(keys.muted(uid)):
+            return ProtocolError(ErrorCode.MUTED, "you are muted")
+        if not hub.comment_limit.allow(uid, time.monotonic()):
+            return ProtocolError(ErrorCode.RATE_LIMITED, "too many comments; slow down")
+        await hub.svc.bus.publish_log(conn.stream_id, {
+            "type": "comment", "id": secrets.token_hex(8), "user": uid, "text": cmd.text, "ts": now_ms()})
+        if m.ENABLED:
+            m.WS_PUBLISHED.labels("comment").inc()
+    except REDIS_DOWN:
+        if m.ENABLED:
+            m.REDIS_ERRORS.labels("ws_comment").inc()
+        return ProtocolError(ErrorCode.UNAVAILABLE, "comments are unavailable; try again")
+    return None

@@ -1,0 +1,308 @@
+"""The per-process hub: rooms of local viewers, one Redis pub/sub subscription per process, and the
+per-tick flushes (DESIGN.md "Fan-out rules").
+
+A process subscribes to `stream:{id}` when the stream gets its first local viewer and lets go of
+it a grace period after the last one left. Every message on a channel is a complete JSON event:
+the room parses it once (for its type, seq and ts), keeps its bytes, and per flush tick writes one
+frame (a JSON array when several events are due) to every local viewer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.asyncio.client import PubSub
+
+from livesale.bus import STATE_TYPES, channel
+from livesale.codes import CloseCode
+from livesale.redis_client import REDIS_DOWN
+from livesale.services import Services
+from livesale.tasks import pause, raise_if_cancelling
+from monitoring import metrics as m
+from realtime import state
+from realtime.coalesce import Conflator, LikeSum
+from realtime.conn import Batch, Conn, Item
+from realtime.limits import TokenBucket, WindowCap
+from realtime.protocol import WordFilter
+
+log = logging.getLogger("livesale.realtime")
+
+SnapshotSource = Callable[[Services, str], Awaitable[dict[str, Any] | None]]
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+@dataclass
+class HubConfig:
+    """Tunables; the defaults are DESIGN.md's. `from_env` reads LIVESALE_WS_* overrides."""
+
+    flush_s: float = 0.02  # stream-log events wait at most this long to share a frame
+    likes_interval_s: float = 0.25
+    stock_interval_s: float = 0.1
+    viewers_interval_s: float = 1.0
+    viewers_ttl_s: float = 5.0  # a process that stops reporting drops out of the count after this
+    outbound_bytes: int = 256 * 1024
+    slow_close_s: float = 3.0
+    heartbeat_s: float = 20.0
+    recent_comments: int = 50
+    comment_rate: float = 1.0
+    comment_burst: int = 5
+    likes_per_s: int = 50
+    unsubscribe_grace_s: float = 5.0
+    blocked_words: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_env(cls) -> HubConfig:
+        words = os.environ.get("LIVESALE_BLOCKED_WORDS", "")
+        return cls(
+            outbound_bytes=int(_env_float("LIVESALE_WS_OUTBOUND_BYTES", cls.outbound_bytes)),
+            slow_close_s=_env_float("LIVESALE_WS_SLOW_CLOSE_S", cls.slow_close_s),
+            flush_s=_env_float("LIVESALE_WS_FLUSH_S", cls.flush_s),
+            blocked_words=tuple(w for w in words.split(",") if w.strip()),
+        )
+
+
+def _state_key(kind: str, event: dict[str, Any]) -> Hashable:
+    return ("stock", str(event.get("sale"))) if kind == "stock" else kind
+
+
+class Room:
+    """Local viewers of one stream and what is waiting for the next flush."""
+
+    def __init__(self, hub: Hub, stream_id: str) -> None:
+        self.hub = hub
+        self.stream_id = stream_id
+        self.conns: set[Conn] = set()
+        self.log: list[Item] = []
+        self.state = Conflator()
+        self.lag_ts: list[int] = []
+        self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self.reported = -1  # last local count sent to Redis
+        self.drop_at: float | None = None
+
+    def on_message(self, data: bytes) -> None:
+        try:
+            event = orjson.loads(data)
+            kind = event["type"]
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            log.warning("dropping a non-event message on %s", channel(self.stream_id))
+            return
+        if m.ENABLED and isinstance(event.get("ts"), int):
+            self.lag_ts.append(event["ts"])
+        cfg = self.hub.cfg
+        if kind in STATE_TYPES:
+            if kind == "likes":
+                total = event.get("total")
+                self.state.offer("likes", data, cfg.likes_interval_s, total if isinstance(total, int) else None)
+            else:
+                interval = cfg.stock_interval_s if kind == "stock" else cfg.viewers_interval_s
+                self.state.offer(_state_key(kind, event), data, interval)
+            self._schedule(0.0)
+        else:
+            seq = event.get("seq")
+            self.log.append(Item(kind, None, data, seq if isinstance(seq, int) else None))
+            self._schedule(cfg.flush_s)
+
+    def _schedule(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        at = loop.time() + delay
+        if self._timer is not None:
+            if self._timer_at <= at:
+                return
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = loop.call_at(at, self.flush)
+
+    def flush(self) -> None:
+        self._timer = None
+        loop_now = asyncio.get_running_loop().time()
+        due, next_at = self.state.due(loop_now)
+        items = self.log
+        self.log = []
+        for key, payload in due:
+            items.append(Item(key if isinstance(key, str) else key[0], key, payload))  # type: ignore[index]
+        if next_at is not None:
+            self._schedule(next_at - loop_now)
+        if not items:
+            return
+        batch = Batch.of(tuple(items))
+        for c in list(self.conns):
+            c.deliver(batch, loop_now)
+        if m.ENABLED:
+            self._count(items)
+
+    def _count(self, items: list[Item]) -> None:
+        n = len(self.conns)
+        if n:
+            for it in items:
+                m.WS_EVENTS_SENT.labels(it.kind).inc(n)
+        now_ms = time.time() * 1000
+        for ts in self.lag_ts:
+            m.WS_PUBLISH_LAG.observe(max(0.0, now_ms - ts) / 1000)
+        self.lag_ts.clear()
+
+
+class Hub:
+    def __init__(self, svc: Services, snapshot_source: SnapshotSource, cfg: HubConfig) -> None:
+        self.svc = svc
+        self.snapshot_source = snapshot_source
+        self.cfg = cfg
+        self.proc = secrets.token_hex(8)
+        self.rooms: dict[str, Room] = {}
+        self.likes = LikeSum()
+        self.comment_limit = TokenBucket(cfg.comment_rate, cfg.comment_burst)
+        self.like_cap = WindowCap(cfg.likes_per_s)
+        self.words = WordFilter(cfg.blocked_words)
+        self.closing: set[asyncio.Task[None]] = set()
+        self._pubsub: PubSub | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pubsub_lock = asyncio.Lock()
+        self._stopped = False
+
+    async def start(self) -> None:
+        self._pubsub = self.svc.redis.pubsub()
+        # A private channel gives the pub/sub connection a subscription before any viewer arrives.
+        await self._pubsub.subscribe(f"realtime:proc:{self.proc}")
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._read()), loop.create_task(self._likes_loop()),
+                       loop.create_task(self._viewers_loop())]
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        for room in list(self.rooms.values()):
+            for c in list(room.conns):
+                c.close(CloseCode.SERVER_RESTARTING)
+        if self.closing:
+            await asyncio.wait(self.closing, timeout=3)
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await self._flush_likes()
+        for room in list(self.rooms.values()):
+            with contextlib.suppress(*REDIS_DOWN):
+                await state.report_viewers(self.svc.redis, room.stream_id, self.proc, 0, 0)
+        if self._pubsub is not None:
+            with contextlib.suppress(*REDIS_DOWN):
+                await self._pubsub.aclose()
+
+    # --- rooms
+    async def join(self, conn: Conn) -> Room:
+        room = self.rooms.get(conn.stream_id)
+        if room is None:
+            room = self.rooms[conn.stream_id] = Room(self, conn.stream_id)
+            assert self._pubsub is not None
+            async with self._pubsub_lock:
+                await self._pubsub.subscribe(channel(conn.stream_id))
+        room.drop_at = None
+        room.conns.add(conn)
+        if m.ENABLED:
+            m.WS_CONNECTIONS.inc()
+        await asyncio.wait_for(asyncio.shield(room.subscribed), 5)
+        return room
+
+    def leave(self, conn: Conn) -> None:
+        room = self.rooms.get(conn.stream_id)
+        if room is None or conn not in room.conns:
+            return
+        room.conns.discard(conn)
+        if m.ENABLED:
+            m.WS_CONNECTIONS.dec()
+        if not room.conns:
+            room.drop_at = time.monotonic() + self.cfg.unsubscribe_grace_s
+
+    async def _drop_idle_rooms(self) -> None:
+        now = time.monotonic()
+        for sid, room in list(self.rooms.items()):
+            if room.drop_at is not None and room.drop_at <= now and not room.conns:
+                del self.rooms[sid]
+                await state.report_viewers(self.svc.redis, sid, self.proc, 0, 0)
+                assert self._pubsub is not None
+                async with self._pubsub_lock:
+                    await self._pubsub.unsubscribe(channel(sid))
+
+    def close_conn(self, conn: Conn, code: CloseCode) -> None:
+        """Conn.on_close: count it and send the close frame in the background."""
+        if m.ENABLED:
+            m.WS_CLOSES.labels(str(int(code))).inc()
+            if code is CloseCode.SLOW_CONSUMER:
+                m.WS_SLOW_CLOSES.inc()
+        t = conn.closing = asyncio.get_running_loop().create_task(conn.aclose(code))
+        self.closing.add(t)
+        t.add_done_callback(self.closing.discard)
+
+    # --- background loops
+    async def _read(self) -> None:
+        assert self._pubsub is not None
+        while True:
+            try:
+                msg = await self._pubsub.get_message(timeout=None)
+            except REDIS_DOWN as exc:
+                raise_if_cancelling()
+                log.warning("pub/sub read failed (%s); retrying", exc.__class__.__name__)
+                if m.ENABLED:
+                    m.REDIS_ERRORS.labels("ws_pubsub").inc()
+                await pause(0.5)
+                continue
+            if msg is None:
+                continue
+            ch = msg["channel"]
+            sid = ch[7:].decode() if ch.startswith(b"stream:") else None
+            room = self.rooms.get(sid) if sid is not None else None
+            if room is None:
+                continue
+            if msg["type"] == "message":
+                room.on_message(msg["data"])
+            elif msg["type"] == "subscribe" and not room.subscribed.done():
+                room.subscribed.set_result(None)
+
+    async def _likes_loop(self) -> None:
+        while True:
+            await pause(self.cfg.likes_interval_s)
+            await self._flush_likes()
+
+    async def _flush_likes(self) -> None:
+        pending = self.likes.drain()
+        for sid, n in pending.items():
+            try:
+                await state.add_likes(self.svc.redis, sid, n)
+            except REDIS_DOWN:
+                raise_if_cancelling()
+                self.likes.restore({sid: n})
+                if m.ENABLED:
+                    m.REDIS_ERRORS.labels("ws_likes").inc()
+
+    async def _viewers_loop(self) -> None:
+        ttl_ms = int(self.cfg.viewers_ttl_s * 1000)
+        while True:
+            try:
+                for sid, room in list(self.rooms.items()):
+                    await state.report_viewers(self.svc.redis, sid, self.proc, len(room.conns), ttl_ms)
+                await self._drop_idle_rooms()
+                now = time.monotonic()
+                self.comment_limit.purge(now)
+                self.like_cap.purge(now)
+            except REDIS_DOWN:
+                raise_if_cancelling()
+                if m.ENABLED:
+                    m.REDIS_ERRORS.labels("ws_viewers").inc()
+            await pause(self.cfg.viewers_interval_s)
+
+    def local_viewers(self) -> int:
+        return sum(len(r.conns) for r in self.rooms.values())

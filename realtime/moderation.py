@@ -1,0 +1,95 @@
+"""Moderation over HTTP: delete a comment, mute and unmute a user (docs/realtime.md).
+
+Moderators and admins may moderate any stream; a stream's host may moderate their own. Mutes are
+global (one Redis key per user, optionally expiring); muted users' comments get an `error` event
+with code `muted`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from livesale.bus import log_key
+from livesale.errors import Forbidden, NotFound, Unprocessable
+from livesale.redis_client import redis_errors
+from livesale.web import current_user, json_response, read_json
+from monitoring import metrics as m
+from realtime import keys
+from realtime.handler import HUB
+from realtime.snapshot import log_events
+
+MAX_MUTE_S = 30 * 86400
+
+
+async def _authorize(request: web.Request) -> str:
+    """The stream id, after checking the caller may moderate it (404 before 403 for unknown streams)."""
+    hub = request.app[HUB]
+    user = current_user(request)
+    stream_id = request.match_info["id"]
+    with redis_errors():
+        source = await hub.snapshot_source(hub.svc, stream_id)
+    if source is None:
+        raise NotFound(f"no stream {stream_id!r}")
+    if not (user.is_("moderator") or source["stream"].get("host") == user.id):
+        raise Forbidden("only moderators and the stream's host may moderate it")
+    return stream_id
+
+
+async def delete_comment(request: web.Request) -> web.Response:
+    stream_id = await _authorize(request)
+    comment_id = request.match_info["comment_id"]
+    svc = request.app[HUB].svc
+    with redis_errors():
+        entries = log_events(await svc.redis.xrevrange(log_key(stream_id), count=svc.bus.log_maxlen * 2))
+        found = False
+        for _id, data in entries:
+            ev: dict[str, Any] = orjson.loads(data)
+            if ev.get("id") != comment_id:
+                continue
+            if ev.get("type") == "comment_deleted":  # deleting twice changes nothing
+                return json_response({"id": comment_id, "deleted": True, "seq": ev["seq"]})
+            if ev.get("type") == "comment":
+                found = True
+        if not found:
+            raise NotFound(f"no comment {comment_id!r} in this stream's log")
+        seq = await svc.bus.publish_log(stream_id, {"type": "comment_deleted", "id": comment_id})
+    if m.ENABLED:
+        m.WS_PUBLISHED.labels("comment_deleted").inc()
+    return json_response({"id": comment_id, "deleted": True, "seq": seq})
+
+
+async def mute(request: web.Request) -> web.Response:
+    await _authorize(request)
+    body = await read_json(request)
+    user = body.get("user")
+    duration = body.get("duration_s")
+    if not isinstance(user, str) or not 1 <= len(user) <= 128:
+        raise Unprocessable("user must be a string of 1-128 characters")
+    if duration is not None and (type(duration) is not int or not 1 <= duration <= MAX_MUTE_S):
+        raise Unprocessable(f"duration_s must be an integer 1-{MAX_MUTE_S} (omit it to mute until unmuted)")
+    svc = request.app[HUB].svc
+    with redis_errors():
+        await svc.redis.set(keys.muted(user), b"1", ex=duration)
+    until = None
+    if duration is not None:
+        until = datetime.fromtimestamp(datetime.now(UTC).timestamp() + duration, UTC).isoformat().replace("+00:00", "Z")
+    return json_response({"user": user, "muted": True, "until": until})
+
+
+async def unmute(request: web.Request) -> web.Response:
+    await _authorize(request)
+    user = request.match_info["user"]
+    svc = request.app[HUB].svc
+    with redis_errors():
+        await svc.redis.delete(keys.muted(user))
+    return json_response({"user": user, "muted": False})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_delete("/api/streams/{id}/comments/{comment_id}", delete_comment)
+    app.router.add_post("/api/streams/{id}/mutes", mute)
+    app.router.add_delete("/api/streams/{id}/mutes/{user}", unmute)
