@@ -108,6 +108,7 @@ class Server:
     env: dict[str, str]
     ready_path: str
     port: int
+    cwd: str | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -115,7 +116,8 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> Server:
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=self.cwd, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -268,8 +270,12 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=2, help="per-user limit of each sale")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds; the summary takes medians")
     p.add_argument("--only", default="ceiling,plain,ours,ours-no-metrics", help="comma-separated phases")
+    p.add_argument("--baseline", metavar="GIT_REF",
+                   help="also run `livesale serve` from this commit (phase `baseline`): before/after in one run")
     args = p.parse_args()
     phases = [x.strip() for x in args.only.split(",") if x.strip()]
+    if args.baseline:
+        phases.append("baseline")
     wrk = ensure_wrk()
 
     cores = os.sched_getaffinity(0)
@@ -295,8 +301,18 @@ def main() -> int:
         env = dict(os.environ, REDIS_URL=redis_srv.url, LIVESALE_SECRET=secret, LIVESALE_DATA=str(tmp / "data"),
                    DATABASE_URL=f"sqlite+aiosqlite:///{db}", PYTHONPATH=str(ROOT))
 
+        if args.baseline:
+            (tmp / "baseline").mkdir()
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline], capture_output=True, check=True)
+            subprocess.run(["tar", "-x", "-C", str(tmp / "baseline")], input=archive.stdout, check=True)
+
         def make(name: str) -> Server:
             port = free_port()
+            if name == "baseline":
+                # The old code first on sys.path (cwd for -m, then PYTHONPATH); same venv otherwise.
+                cmd = [python, "-m", "live.cli", "serve", "--port", str(port)]
+                base_env = dict(env, PYTHONPATH=str(tmp / "baseline"))
+                return Server(name, pinned(server_core, cmd), base_env, "/readyz", port, cwd=str(tmp / "baseline"))
             if name in ("ceiling", "plain"):
                 cmd = [python, str(HERE / "refservers.py"), name, "--port", str(port),
                        "--redis", redis_srv.url, "--secret", secret]
@@ -336,7 +352,7 @@ def main() -> int:
                         res.statuses[int(code)] = res.statuses.get(int(code), 0) + n
                 if ph != "ceiling":
                     res.checks = check_sale(r, sale_id, args.limit)
-                    if ph.startswith("ours"):
+                    if ph != "plain":
                         res.checks["sql"] = sql_orders(db, sale_id, res.checks["orders"])
                     forget_sale(r, sale_id)
                 srv.stop()
@@ -377,7 +393,8 @@ def report(args: argparse.Namespace, results: dict[str, list[Result]], pinned_: 
             continue
         x = best[ph] = median_result(rs)
         other = sum(n for c, n in x.statuses.items() if c not in (201, 409)) + x.socket_errors
-        label = {"ceiling": "ceiling (no-op)", "plain": "plain (redis-py)", "ours-no-metrics": "ours --no-metrics"}
+        label = {"ceiling": "ceiling (no-op)", "plain": "plain (redis-py)", "ours-no-metrics": "ours --no-metrics",
+                 "baseline": f"ours @ {args.baseline}"}
         oversold = str(x.checks["oversold"]) if x.checks else "-"
         sql = str(x.checks.get("sql", "-"))
         print(f"{label.get(ph, ph):<18}{x.rate:>11,.0f}{x.accepted_rate:>11,.0f}{x.p50_ms:>8.2f}{x.p99_ms:>8.2f}"
@@ -403,6 +420,8 @@ def report(args: argparse.Namespace, results: dict[str, list[Result]], pinned_: 
         print(f"ours p99       = {ours.p99_ms:5.2f} ms (target <= 10 ms)")
         if "ours-no-metrics" in best and best["ours-no-metrics"].rate:
             print(f"metrics on / off = {ours.rate / best['ours-no-metrics'].rate:5.0%} of the attempts/s")
+        if "baseline" in best and best["baseline"].rate:
+            print(f"ours / ours @ {args.baseline} = {ours.rate / best['baseline'].rate:5.2f}x")
     hot = [x for x in best.values() if x.wrk_cpu > 0.9]
     if hot:
         print("warning: wrk used > 90% of its core in " + ", ".join(x.name for x in hot)
