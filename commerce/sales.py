@@ -13,7 +13,8 @@ from typing import Any
 from commerce import inventory, keys
 from commerce.schema import sales as sales_table
 from livesale.bus import Bus
-from livesale.errors import NotFound, Unprocessable
+from livesale.codes import ErrorCode
+from livesale.errors import Conflict, NotFound, Unprocessable
 from livesale.services import Services
 from livesale.tasks import pause
 
@@ -143,9 +144,14 @@ async def publish_sale(bus: Bus, view: dict[str, Any]) -> None:
     await bus.publish_log(view["stream_id"], event)
 
 
+_ALLOWED_FROM = {"start": ("scheduled",), "end": ("scheduled", "active")}
+
+
 async def transition(svc: Services, sale_id: str, action: str) -> dict[str, Any]:
-    """Start or end a sale now (idempotent: starting an active sale changes nothing)."""
-    await get_sale(svc, sale_id)
+    """Start or end a sale now; 409 `invalid_state` naming the current state otherwise (as streams)."""
+    current = (await get_sale(svc, sale_id))["status"]
+    if current not in _ALLOWED_FROM[action]:
+        raise Conflict(f"cannot {action} a sale that is {current}", code=ErrorCode.INVALID_STATE)
     t = await inventory.tick(svc.redis, sale_id, action)
     view = await get_sale(svc, sale_id)
     if t is not None and t.changed:
@@ -167,7 +173,8 @@ async def end_for_stream(svc: Services, stream_id: str) -> None:
     """A stream that ends ends its sales (holds already taken can still be paid until they expire)."""
     for sale in await list_for_stream(svc, stream_id):
         if sale["status"] != "ended":
-            await transition(svc, sale["id"], "end")
+            with contextlib.suppress(Conflict):  # it ended by the clock meanwhile
+                await transition(svc, sale["id"], "end")
 
 
 @dataclass(slots=True)

@@ -8,10 +8,10 @@ import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
-import tempfile
 from collections.abc import Sequence
 
 from livesale.config import Settings
@@ -54,9 +54,11 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
         if settings.workers <= 1:
             _worker(settings, False, demo)
             return 0
-        # Several workers share the port (SO_REUSEPORT) and Redis; metrics aggregate over all of them.
-        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="livesale-metrics-")
+        # Several workers share the port (SO_REUSEPORT) and Redis; /metrics on any of them covers all
+        # of them through prometheus-client's multiprocess mode (monitoring/README.md).
+        from monitoring.workers import MetricsDir
+
+        metrics_dir = MetricsDir()
         ctx = multiprocessing.get_context("spawn")
         procs = [
             ctx.Process(target=_worker, args=(settings, True, demo and i == 0), daemon=False)
@@ -72,8 +74,14 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
 
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
-        for p in procs:
-            p.join()
+        running = {p.sentinel: p for p in procs}
+        while running:
+            for sentinel in multiprocessing.connection.wait(list(running)):
+                p = running.pop(sentinel)  # type: ignore[arg-type]
+                p.join()
+                if p.pid is not None:
+                    metrics_dir.worker_exited(p.pid)
+        metrics_dir.close()
         return 0
     finally:
         if embedded is not None:

@@ -85,6 +85,9 @@ async def test_scheduled_sale_refuses_then_starts_and_ends(api: Api) -> None:
     assert st == 200 and sale["status"] == "ended"
     st, body = await api.reserve(s["sale_id"], "gus", "k3")
     assert st == 409 and body["error"] == "sale_not_active"
+    for action in ("start", "end"):
+        st, body = await api.call("POST", f"/api/sales/{s['sale_id']}/{action}", token=s["host_token"])
+        assert st == 409 and body["error"] == "invalid_state" and "ended" in body["message"]
     # A retry of a key that already won still returns its order after the end.
     st, again = await api.reserve(s["sale_id"], "gus", "k2")
     assert st == 200

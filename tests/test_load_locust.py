@@ -1,0 +1,52 @@
+"""Headless Locust runs of load/locustfile.py against a real server: what Locust counts is what the
+server holds. Locust runs only as a subprocess (its gevent patching must not touch this process)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from livesale.config import Settings
+from load import verify
+from load.report import count, read_locust_json
+from tests.helpers import Api
+
+LOCUSTFILE = str(Path(__file__).resolve().parent.parent / "load" / "locustfile.py")
+
+
+async def run_locust(settings: Settings, url: str, out: Path, *args: str, seconds: int = 8) -> dict[tuple[str, str], Any]:
+    """Run Locust headless; return its final stats keyed by (request type, name)."""
+    env = dict(os.environ, LIVESALE_SECRET=settings.secret)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "locust", "-f", LOCUSTFILE, *args, "--headless", "-t", f"{seconds}s",
+        "--stop-timeout", "10", "--host", url, "--json-file", str(out / "run"),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(proc.communicate(), seconds + 60)
+    assert (out / "run.json").exists(), output.decode()[-3000:]
+    return read_locust_json(out / "run.json")
+
+
+async def test_buyers_reserved_count_matches_redis_and_sql(api: Api, settings: Settings, tmp_path: Path) -> None:
+    """Locust's 'reserved' and 'paid' outcome counts equal the orders Redis and SQL hold for the sale,
+    the sale sells out (the 409s are counted), and the verifier finds nothing wrong."""
+    s = await api.setup_sale(stock=10, per_user_limit=1, hold_s=2)
+    rows = await run_locust(settings, api.server.url, tmp_path, "BuyerUser", "-u", "8", "-r", "8",
+                            "--sale-id", s["sale_id"], "--stream-id", s["stream_id"], seconds=8)
+    reserved, paid = count(rows, "ORDER", "reserved"), count(rows, "ORDER", "paid")
+    assert reserved > 0, rows.keys()
+    r = aioredis.Redis.from_url(settings.redis_url or "")
+    orders = verify.parse_orders(await r.hgetall(f"{{sale:{s['sale_id']}}}:orders"))
+    await r.aclose()
+    assert reserved == len(orders)
+    assert paid == sum(1 for o in orders.values() if o.status == "paid")
+    report = await verify.check(settings.redis_url or "", settings.database_url or "", s["sale_id"], wait_s=10)
+    assert report.ok, report.text()
+    assert sum(report.sql_orders.values()) == reserved
+    assert report.sold == paid
+    assert count(rows, "ORDER", "sold_out") > 0  # 8 buyers for ~8 s want far more than 10 units
