@@ -191,6 +191,11 @@ class Result:
         return self.attempts / self.duration_s if self.duration_s else 0.0
 
     @property
+    def cpu_us(self) -> float:
+        """Server CPU per attempt: what the attempts/s would be on a core of our own is 1e6 / this."""
+        return self.server_cpu * self.duration_s / self.attempts * 1e6 if self.attempts else 0.0
+
+    @property
     def accepted_rate(self) -> float:
         return self.statuses.get(201, 0) / self.duration_s if self.duration_s else 0.0
 
@@ -384,7 +389,8 @@ def report(args: argparse.Namespace, results: dict[str, list[Result]], pinned_: 
     if args.rounds > 1:
         print(f"{args.rounds} interleaved rounds; each row is the round with the median attempts/s")
     head = (f"{'variant':<18}{'attempts/s':>11}{'accepted/s':>11}{'p50 ms':>8}{'p99 ms':>8}"
-            f"{'201':>7}{'409':>7}{'other':>6}{'oversold':>9}{'sql rows':>9}{'srv cpu':>8}{'redis':>7}{'wrk cpu':>8}")
+            f"{'201':>7}{'409':>7}{'other':>6}{'oversold':>9}{'sql rows':>9}{'srv cpu':>8}{'us/att':>7}{'redis':>7}"
+            f"{'wrk cpu':>8}")
     print(head)
     print("-" * len(head))
     best: dict[str, Result] = {}
@@ -399,7 +405,7 @@ def report(args: argparse.Namespace, results: dict[str, list[Result]], pinned_: 
         sql = str(x.checks.get("sql", "-"))
         print(f"{label.get(ph, ph):<18}{x.rate:>11,.0f}{x.accepted_rate:>11,.0f}{x.p50_ms:>8.2f}{x.p99_ms:>8.2f}"
               f"{x.statuses.get(201, 0):>7}{x.statuses.get(409, 0):>7}{other:>6}{oversold:>9}{sql:>9}"
-              f"{x.server_cpu:>8.0%}{x.redis_cpu:>7.0%}{x.wrk_cpu:>8.0%}")
+              f"{x.server_cpu:>8.0%}{x.cpu_us:>7.1f}{x.redis_cpu:>7.0%}{x.wrk_cpu:>8.0%}")
     for ph, rs in results.items():
         for x in rs:
             if x.checks:
@@ -409,19 +415,24 @@ def report(args: argparse.Namespace, results: dict[str, list[Result]], pinned_: 
                       f"{c['over_limit']} users over the limit")
     if args.rounds > 1:
         for ph, rs in results.items():
-            print(f"  {ph} rounds: " + ", ".join(f"{x.rate:,.0f}/s p99 {x.p99_ms:.1f} ms" for x in rs))
+            print(f"  {ph} rounds: " + ", ".join(f"{x.rate:,.0f}/s p99 {x.p99_ms:.1f} ms {x.cpu_us:.1f} us/att"
+                                                  for x in rs))
     if "ours" in best:
         ours = best["ours"]
         print()
+        # By attempts/s (the target), and by server CPU per attempt (steadier when others share core 0).
         if "plain" in best and best["plain"].rate:
-            print(f"ours / plain   = {ours.rate / best['plain'].rate:5.2f}x   (target >= 2.00x)")
+            print(f"ours / plain   = {ours.rate / best['plain'].rate:5.2f}x   (target >= 2.00x); "
+                  f"per server CPU second: {best['plain'].cpu_us / ours.cpu_us:.2f}x")
         if "ceiling" in best and best["ceiling"].rate:
-            print(f"ours / ceiling = {ours.rate / best['ceiling'].rate:5.0%}    (target >= 75%)")
+            print(f"ours / ceiling = {ours.rate / best['ceiling'].rate:5.0%}    (target >= 75%); "
+                  f"per server CPU second: {best['ceiling'].cpu_us / ours.cpu_us:.0%}")
         print(f"ours p99       = {ours.p99_ms:5.2f} ms (target <= 10 ms)")
         if "ours-no-metrics" in best and best["ours-no-metrics"].rate:
             print(f"metrics on / off = {ours.rate / best['ours-no-metrics'].rate:5.0%} of the attempts/s")
         if "baseline" in best and best["baseline"].rate:
-            print(f"ours / ours @ {args.baseline} = {ours.rate / best['baseline'].rate:5.2f}x")
+            print(f"ours / ours @ {args.baseline} = {ours.rate / best['baseline'].rate:5.2f}x; "
+                  f"per server CPU second: {best['baseline'].cpu_us / ours.cpu_us:.2f}x")
     hot = [x for x in best.values() if x.wrk_cpu > 0.9]
     if hot:
         print("warning: wrk used > 90% of its core in " + ", ".join(x.name for x in hot)
