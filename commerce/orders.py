@@ -158,7 +158,8 @@ async def _load_order(svc: Services, com: Commerce, order_id: str, user: User) -
     return {
         "id": row.id, "sale": row.sale_id, "status": row.status, "quantity": row.quantity,
         "amount_cents": row.amount_cents, "expires_at": None,
-        "created_at": row.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        # SQLite hands back naive datetimes; they were written in UTC.
+        "created_at": iso_ms(int(row.created_at.replace(tzinfo=row.created_at.tzinfo or UTC).timestamp() * 1000)),
     }
 
 
