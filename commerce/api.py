@@ -91,10 +91,10 @@ def setup(app: web.Application) -> None:
     r.add_post("/api/products", catalog.create_product)
     r.add_get("/api/products/{sku}", catalog.get_product_handler)
     r.add_post("/api/streams/{id}/sales", create_sale)
+    r.add_post("/api/sales/{id}/orders", orders.reserve)  # first: the router tries /api/sales/* in order
     r.add_get("/api/sales/{id}", get_sale)
     r.add_post("/api/sales/{id}/start", start_sale)
     r.add_post("/api/sales/{id}/end", end_sale)
-    r.add_post("/api/sales/{id}/orders", orders.reserve)
     r.add_get("/api/orders/{id}", orders.get_order)
     r.add_post("/api/orders/{id}/pay", orders.pay)
     r.add_post("/api/orders/{id}/cancel", orders.cancel)
