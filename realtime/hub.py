@@ -90,6 +90,7 @@ class Room:
         self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._flushed_at = 0.0
         self.reported = -1  # last local count sent to Redis
         self.drop_at: float | None = None
 
@@ -114,7 +115,8 @@ class Room:
         else:
             seq = event.get("seq")
             self.log.append(Item(kind, None, data, seq if isinstance(seq, int) else None))
-            self._schedule(cfg.flush_s)
+            # Leading edge goes out at once; events arriving within flush_s of a flush share the next frame.
+            self._schedule(max(0.0, self._flushed_at + cfg.flush_s - asyncio.get_running_loop().time()))
 
     def _schedule(self, delay: float) -> None:
         loop = asyncio.get_running_loop()
@@ -128,7 +130,7 @@ class Room:
 
     def flush(self) -> None:
         self._timer = None
-        loop_now = asyncio.get_running_loop().time()
+        loop_now = self._flushed_at = asyncio.get_running_loop().time()
         due, next_at = self.state.due(loop_now)
         items = self.log
         self.log = []
