@@ -60,6 +60,7 @@ class HubConfig:
     comment_burst: int = 5
     likes_per_s: int = 50
     unsubscribe_grace_s: float = 5.0
+    connect_concurrency: int = 32  # snapshots built at once (each takes a few Redis round trips)
     blocked_words: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
@@ -173,6 +174,7 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._pubsub_lock = asyncio.Lock()
         self._stopped = False
+        self.connecting = asyncio.Semaphore(cfg.connect_concurrency)
 
     async def start(self) -> None:
         self._pubsub = self.svc.redis.pubsub()
