@@ -108,6 +108,7 @@ class Server:
     env: dict[str, str]
     ready_path: str
     port: int
+    cwd: str | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -115,7 +116,8 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> Server:
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=self.cwd, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -187,6 +189,11 @@ class Result:
     @property
     def rate(self) -> float:
         return self.attempts / self.duration_s if self.duration_s else 0.0
+
+    @property
+    def cpu_us(self) -> float:
+        """Server CPU per attempt: what the attempts/s would be on a core of our own is 1e6 / this."""
+        return self.server_cpu * self.duration_s / self.attempts * 1e6 if self.attempts else 0.0
 
     @property
     def accepted_rate(self) -> float:
@@ -268,8 +275,12 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=2, help="per-user limit of each sale")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds; the summary takes medians")
     p.add_argument("--only", default="ceiling,plain,ours,ours-no-metrics", help="comma-separated phases")
+    p.add_argument("--baseline", metavar="GIT_REF",
+                   help="also run `livesale serve` from this commit (phase `baseline`): before/after in one run")
     args = p.parse_args()
     phases = [x.strip() for x in args.only.split(",") if x.strip()]
+    if args.baseline:
+        phases.append("baseline")
     wrk = ensure_wrk()
 
     cores = os.sched_getaffinity(0)
@@ -295,8 +306,18 @@ def main() -> int:
         env = dict(os.environ, REDIS_URL=redis_srv.url, LIVESALE_SECRET=secret, LIVESALE_DATA=str(tmp / "data"),
                    DATABASE_URL=f"sqlite+aiosqlite:///{db}", PYTHONPATH=str(ROOT))
 
+        if args.baseline:
+            (tmp / "baseline").mkdir()
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline], capture_output=True, check=True)
+            subprocess.run(["tar", "-x", "-C", str(tmp / "baseline")], input=archive.stdout, check=True)
+
         def make(name: str) -> Server:
             port = free_port()
+            if name == "baseline":
+                # The old code first on sys.path (cwd for -m, then PYTHONPATH); same venv otherwise.
+                cmd = [python, "-m", "live.cli", "serve", "--port", str(port)]
+                base_env = dict(env, PYTHONPATH=str(tmp / "baseline"))
+                return Server(name, pinned(server_core, cmd), base_env, "/readyz", port, cwd=str(tmp / "baseline"))
             if name in ("ceiling", "plain"):
                 cmd = [python, str(HERE / "refservers.py"), name, "--port", str(port),
                        "--redis", redis_srv.url, "--secret", secret]
@@ -336,7 +357,7 @@ def main() -> int:
                         res.statuses[int(code)] = res.statuses.get(int(code), 0) + n
                 if ph != "ceiling":
                     res.checks = check_sale(r, sale_id, args.limit)
-                    if ph.startswith("ours"):
+                    if ph != "plain":
                         res.checks["sql"] = sql_orders(db, sale_id, res.checks["orders"])
                     forget_sale(r, sale_id)
                 srv.stop()
@@ -368,7 +389,8 @@ def report(args: argparse.Namespace, results: dict[str, list[Result]], pinned_: 
     if args.rounds > 1:
         print(f"{args.rounds} interleaved rounds; each row is the round with the median attempts/s")
     head = (f"{'variant':<18}{'attempts/s':>11}{'accepted/s':>11}{'p50 ms':>8}{'p99 ms':>8}"
-            f"{'201':>7}{'409':>7}{'other':>6}{'oversold':>9}{'sql rows':>9}{'srv cpu':>8}{'redis':>7}{'wrk cpu':>8}")
+            f"{'201':>7}{'409':>7}{'other':>6}{'oversold':>9}{'sql rows':>9}{'srv cpu':>8}{'us/att':>7}{'redis':>7}"
+            f"{'wrk cpu':>8}")
     print(head)
     print("-" * len(head))
     best: dict[str, Result] = {}
@@ -377,12 +399,13 @@ def report(args: argparse.Namespace, results: dict[str, list[Result]], pinned_: 
             continue
         x = best[ph] = median_result(rs)
         other = sum(n for c, n in x.statuses.items() if c not in (201, 409)) + x.socket_errors
-        label = {"ceiling": "ceiling (no-op)", "plain": "plain (redis-py)", "ours-no-metrics": "ours --no-metrics"}
+        label = {"ceiling": "ceiling (no-op)", "plain": "plain (redis-py)", "ours-no-metrics": "ours --no-metrics",
+                 "baseline": f"ours @ {args.baseline}"}
         oversold = str(x.checks["oversold"]) if x.checks else "-"
         sql = str(x.checks.get("sql", "-"))
         print(f"{label.get(ph, ph):<18}{x.rate:>11,.0f}{x.accepted_rate:>11,.0f}{x.p50_ms:>8.2f}{x.p99_ms:>8.2f}"
               f"{x.statuses.get(201, 0):>7}{x.statuses.get(409, 0):>7}{other:>6}{oversold:>9}{sql:>9}"
-              f"{x.server_cpu:>8.0%}{x.redis_cpu:>7.0%}{x.wrk_cpu:>8.0%}")
+              f"{x.server_cpu:>8.0%}{x.cpu_us:>7.1f}{x.redis_cpu:>7.0%}{x.wrk_cpu:>8.0%}")
     for ph, rs in results.items():
         for x in rs:
             if x.checks:
@@ -392,17 +415,24 @@ def report(args: argparse.Namespace, results: dict[str, list[Result]], pinned_: 
                       f"{c['over_limit']} users over the limit")
     if args.rounds > 1:
         for ph, rs in results.items():
-            print(f"  {ph} rounds: " + ", ".join(f"{x.rate:,.0f}/s p99 {x.p99_ms:.1f} ms" for x in rs))
+            print(f"  {ph} rounds: " + ", ".join(f"{x.rate:,.0f}/s p99 {x.p99_ms:.1f} ms {x.cpu_us:.1f} us/att"
+                                                  for x in rs))
     if "ours" in best:
         ours = best["ours"]
         print()
+        # By attempts/s (the target), and by server CPU per attempt (steadier when others share core 0).
         if "plain" in best and best["plain"].rate:
-            print(f"ours / plain   = {ours.rate / best['plain'].rate:5.2f}x   (target >= 2.00x)")
+            print(f"ours / plain   = {ours.rate / best['plain'].rate:5.2f}x   (target >= 2.00x); "
+                  f"per server CPU second: {best['plain'].cpu_us / ours.cpu_us:.2f}x")
         if "ceiling" in best and best["ceiling"].rate:
-            print(f"ours / ceiling = {ours.rate / best['ceiling'].rate:5.0%}    (target >= 75%)")
+            print(f"ours / ceiling = {ours.rate / best['ceiling'].rate:5.0%}    (target >= 75%); "
+                  f"per server CPU second: {best['ceiling'].cpu_us / ours.cpu_us:.0%}")
         print(f"ours p99       = {ours.p99_ms:5.2f} ms (target <= 10 ms)")
         if "ours-no-metrics" in best and best["ours-no-metrics"].rate:
             print(f"metrics on / off = {ours.rate / best['ours-no-metrics'].rate:5.0%} of the attempts/s")
+        if "baseline" in best and best["baseline"].rate:
+            print(f"ours / ours @ {args.baseline} = {ours.rate / best['baseline'].rate:5.2f}x; "
+                  f"per server CPU second: {best['baseline'].cpu_us / ours.cpu_us:.2f}x")
     hot = [x for x in best.values() if x.wrk_cpu > 0.9]
     if hot:
         print("warning: wrk used > 90% of its core in " + ", ".join(x.name for x in hot)

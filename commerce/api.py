@@ -70,7 +70,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     app[COMMERCE] = com
     com.stock.start()
     sweeper = Sweeper(svc, com.stock.note, svc.settings.sweep_interval_s)
-    writer = OrderWriter(svc.redis, svc.db, batch=svc.settings.writer_batch, reclaim_ms=svc.settings.writer_reclaim_ms)
+    writer = OrderWriter(svc.redis, svc.db, batch=svc.settings.writer_batch, reclaim_ms=svc.settings.writer_reclaim_ms,
+                         retention_s=svc.settings.sale_retention_s)
     tasks = [asyncio.create_task(sweeper.run(), name="sweeper")]
     if svc.settings.run_writer:
         tasks.append(asyncio.create_task(writer.run(), name="writer"))
@@ -90,10 +91,10 @@ def setup(app: web.Application) -> None:
     r.add_post("/api/products", catalog.create_product)
     r.add_get("/api/products/{sku}", catalog.get_product_handler)
     r.add_post("/api/streams/{id}/sales", create_sale)
+    r.add_post("/api/sales/{id}/orders", orders.reserve)  # first: the router tries /api/sales/* in order
     r.add_get("/api/sales/{id}", get_sale)
     r.add_post("/api/sales/{id}/start", start_sale)
     r.add_post("/api/sales/{id}/end", end_sale)
-    r.add_post("/api/sales/{id}/orders", orders.reserve)
     r.add_get("/api/orders/{id}", orders.get_order)
     r.add_post("/api/orders/{id}/pay", orders.pay)
     r.add_post("/api/orders/{id}/cancel", orders.cancel)

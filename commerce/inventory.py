@@ -10,6 +10,7 @@ to go").
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ def _parse(raw: Any, available: int) -> Reservation:
     return Reservation(code, available=available)
 
 
-_Op = tuple[str, str, int, str, "asyncio.Future[Reservation]"]
+_Op = tuple[str, str, int, "asyncio.Future[Reservation]"]  # user, idempotency key, quantity, its future
 
 
 class Reserver:
@@ -91,7 +92,7 @@ class Reserver:
     def reserve(self, sale_id: str, user: str, key: str, quantity: int) -> asyncio.Future[Reservation]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Reservation] = loop.create_future()
-        self._pending.setdefault(sale_id, []).append((user, key, quantity, new_order_id(sale_id), fut))
+        self._pending.setdefault(sale_id, []).append((user, key, quantity, fut))
         if not self._scheduled and self._in_flight < self._max_in_flight:
             self._scheduled = True
             loop.call_soon(self._flush)
@@ -127,14 +128,14 @@ class Reserver:
             err = Unavailable(f"redis unreachable: {exc.__class__.__name__}")
             for _, ops in calls:
                 for op in ops:
-                    if not op[4].done():
-                        op[4].set_exception(err)
+                    if not op[3].done():
+                        op[3].set_exception(err)
             return
         except BaseException as exc:  # never leave a buyer waiting forever
             for _, ops in calls:
                 for op in ops:
-                    if not op[4].done():
-                        op[4].set_exception(exc)
+                    if not op[3].done():
+                        op[3].set_exception(exc)
             raise
         if m.ENABLED:
             m.RESERVE_BATCH.observe(sum(len(ops) for _, ops in calls))
@@ -142,13 +143,13 @@ class Reserver:
             if isinstance(res, Exception) or int(res[0]) == -1:
                 exc2: Exception = res if isinstance(res, Exception) else UnknownSale(sale_id)
                 for op in ops:
-                    if not op[4].done():
-                        op[4].set_exception(exc2)
+                    if not op[3].done():
+                        op[3].set_exception(exc2)
                 continue
             available, held = int(res[0]), int(res[1])
             for op, raw in zip(ops, res[2:], strict=True):
-                if not op[4].done():
-                    op[4].set_result(_parse(raw, available))
+                if not op[3].done():
+                    op[3].set_result(_parse(raw, available))
             if self.on_stock is not None:
                 self.on_stock(sale_id, available, held)
 
@@ -157,8 +158,11 @@ class Reserver:
             pipe = self.redis.pipeline(transaction=False)
             for sale_id, ops in calls:
                 args: list[Any] = [len(ops)]
-                for user, key, qty, oid, _ in ops:
-                    args += (user, key, qty, oid)
+                # New order ids for the whole call from one urandom read (the script uses the ids of
+                # the buyers it accepts; NOSCRIPT means it ran for none, so a retry may draw new ones).
+                rand = os.urandom(8 * len(ops)).hex()
+                for i, (user, key, qty, _) in enumerate(ops):
+                    args += (user, key, qty, f"{sale_id}.{rand[16 * i : 16 * i + 16]}")
                 pipe.evalsha(RESERVE.sha, 6, *keys.sale_keys(sale_id), *args)
             results = await pipe.execute(raise_on_error=False)
             if attempt == 0 and any(isinstance(r, rx.NoScriptError) for r in results):

@@ -18,10 +18,10 @@ from commerce.sales import SALE_ID_RE, StockNotices, iso_ms
 from commerce.schema import orders as orders_table
 from livesale.auth import User
 from livesale.codes import ErrorCode
-from livesale.errors import Conflict, Forbidden, NotFound, PaymentDeclined, Unprocessable
+from livesale.errors import Conflict, Forbidden, LivesaleError, NotFound, PaymentDeclined, Unprocessable
 from livesale.redis_client import redis_errors
 from livesale.services import SERVICES, Services
-from livesale.web import json_response, read_json
+from livesale.web import error_response, json_response, read_json
 from monitoring import metrics as m
 
 ORDER_ID_RE = re.compile(r"^sa[0-9a-f]{12}\.[0-9a-f]{16}$")
@@ -104,20 +104,31 @@ async def reserve(request: web.Request) -> web.Response:
         r = await com.reserver.reserve(sale_id, user.id, key, qty)
     except UnknownSale:
         raise NotFound(f"no sale {sale_id!r}") from None
-    outcome = inventory.OUTCOME[r.code]
     if m.ENABLED:
-        m.RESERVE_OUTCOMES.labels(outcome).inc()
+        outcomes = _OUTCOMES.get(r.code)
+        if outcomes is None:
+            outcomes = _OUTCOMES[r.code] = m.RESERVE_OUTCOMES.labels(inventory.OUTCOME[r.code])
+        outcomes.inc()
         m.RESERVE_LATENCY.observe(time.perf_counter() - started)
     if r.code == inventory.RESERVED or r.code == inventory.DUPLICATE:
         view = order_view(r.order_id, r.status, r.quantity, info.price_cents, r.expires_ms, r.created_ms)
         return json_response(view, 201 if r.code == inventory.RESERVED else 200)
+    # A spike is mostly refusals (sold out): they are answered here, with the body error_middleware
+    # would write, rather than raised through it.
+    return error_response(_refusal(r, qty))
+
+
+_OUTCOMES: dict[int, Any] = {}  # reserve outcome code -> its counter child (labels() is not free)
+
+
+def _refusal(r: inventory.Reservation, qty: int) -> LivesaleError:
     if r.code == inventory.SOLD_OUT:
-        raise Conflict(f"fewer than {qty} units left", code=ErrorCode.SOLD_OUT, available=r.available)
+        return Conflict(f"fewer than {qty} units left", code=ErrorCode.SOLD_OUT, available=r.available)
     if r.code == inventory.LIMIT_REACHED:
-        raise Conflict("this would exceed the sale's per-user limit", code=ErrorCode.LIMIT_REACHED)
+        return Conflict("this would exceed the sale's per-user limit", code=ErrorCode.LIMIT_REACHED)
     if r.code == inventory.NOT_ACTIVE:
-        raise Conflict("the sale is not active", code=ErrorCode.SALE_NOT_ACTIVE)
-    raise Unprocessable(
+        return Conflict("the sale is not active", code=ErrorCode.SALE_NOT_ACTIVE)
+    return Unprocessable(
         f"Idempotency-Key was used for quantity {r.quantity}", code=ErrorCode.IDEMPOTENCY_CONFLICT, order=r.order_id
     )
 
@@ -147,7 +158,8 @@ async def _load_order(svc: Services, com: Commerce, order_id: str, user: User) -
     return {
         "id": row.id, "sale": row.sale_id, "status": row.status, "quantity": row.quantity,
         "amount_cents": row.amount_cents, "expires_at": None,
-        "created_at": row.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        # SQLite hands back naive datetimes; they were written in UTC.
+        "created_at": iso_ms(int(row.created_at.replace(tzinfo=row.created_at.tzinfo or UTC).timestamp() * 1000)),
     }
 
 

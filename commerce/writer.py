@@ -56,7 +56,8 @@ def event_row(sale_id: str, f: dict[bytes, bytes]) -> dict[str, Any]:
 
 class OrderWriter:
     def __init__(self, redis: aioredis.Redis, engine: AsyncEngine, *, batch: int = 500,
-                 reclaim_ms: int = 30_000, consumer: str | None = None) -> None:
+                 reclaim_ms: int = 30_000, consumer: str | None = None, retention_s: int = 7 * 86400) -> None:
+        self.retention_s = retention_s
         self.redis = redis
         self.engine = engine
         self.batch = batch
@@ -191,7 +192,14 @@ class OrderWriter:
             if await self.redis.sismember(keys.OPEN_SALES, sale_id):  # type: ignore[misc]
                 continue
             if await self.backlog(sale_id) == 0:
-                await self.redis.srem(keys.WRITER_SALES, sale_id)  # type: ignore[misc]
+                # Every order of the sale is in SQL now: let its bulky keys go after the retention
+                # period (retried keys and order reads work from Redis until then, orders from SQL
+                # after). The small sale hash stays, so the sale view keeps its final counters.
+                pipe = self.redis.pipeline(transaction=False)
+                for key in keys.sale_keys(sale_id)[1:]:
+                    pipe.expire(key, self.retention_s)
+                pipe.srem(keys.WRITER_SALES, sale_id)
+                await pipe.execute()
                 self._groups.discard(sale_id)
 
     async def drain(self) -> None:
@@ -237,7 +245,7 @@ async def run_standalone(settings: Any) -> int:
     engine = make_engine(settings.sql_url)
     await create_tables(engine)
     writer = OrderWriter(redis, engine, batch=settings.writer_batch, reclaim_ms=settings.writer_reclaim_ms,
-                         consumer=os.environ.get("LIVESALE_WRITER_CONSUMER"))
+                         consumer=os.environ.get("LIVESALE_WRITER_CONSUMER"), retention_s=settings.sale_retention_s)
     try:
         await writer.run()
     finally:

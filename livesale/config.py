@@ -40,6 +40,8 @@ class Settings:
     # Bounded stream log kept for `since=` resume.
     stream_log_maxlen: int = 1000
     metrics: bool = True
+    # A finished, fully written sale leaves Redis this long after (orders are then read from SQL).
+    sale_retention_s: int = 7 * 86400
     # Run the order writer inside the server (off when writers run apart: `livesale writer`).
     run_writer: bool = True
 
@@ -54,6 +56,7 @@ class Settings:
             writer_reclaim_ms=int(env.get("LIVESALE_WRITER_RECLAIM_MS", "30000")),
             sweep_interval_s=float(env.get("LIVESALE_SWEEP_INTERVAL", "0.25")),
             metrics=env.get("LIVESALE_METRICS", "1") not in ("0", "false", "off"),
+            sale_retention_s=int(env.get("LIVESALE_SALE_RETENTION_S", str(7 * 86400))),
             run_writer=env.get("LIVESALE_WRITER", "1") not in ("0", "false", "off"),
         )
         secret = overrides.pop("secret", None) or env.get("LIVESALE_SECRET") or _load_secret(data_dir)

@@ -57,9 +57,22 @@ def current_user(request: web.Request) -> User:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _route_label(request: web.Request) -> str:
-    info = request.match_info.route.resource
-    return info.canonical if info is not None else "unmatched"
+_SERIES: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _http_series(request: web.Request, status: int) -> tuple[Any, Any]:
+    """The request counter and latency histogram children of one (route, method, status): looked up
+    once, since `labels()` costs more than the update itself on the reserve path."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    key = (route, request.method, status)
+    series = _SERIES.get(key)
+    if series is None:
+        series = _SERIES[key] = (
+            m.HTTP_REQUESTS.labels(route, request.method, str(status)),
+            m.HTTP_LATENCY.labels(route, request.method),
+        )
+    return series
 
 
 @web.middleware
@@ -84,8 +97,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.exception("unhandled error on %s %s", request.method, request.path)
         resp = json_response({"error": "internal", "message": "internal server error"}, 500)
     if m.ENABLED:
-        route = _route_label(request)
-        m.HTTP_REQUESTS.labels(route, request.method, str(resp.status)).inc()
-        m.HTTP_LATENCY.labels(route, request.method).observe(time.perf_counter() - start)
+        requests, latency = _http_series(request, resp.status)
+        requests.inc()
+        latency.observe(time.perf_counter() - start)
     return resp
 

@@ -58,6 +58,9 @@ def _options(parser: Any) -> None:
     g.add_argument("--sale-open-after", type=float, default=10.0, help="seconds after start the host opens the sale")
     g.add_argument("--pay-ratio", type=float, default=0.7, help="share of reserved orders that get paid")
     g.add_argument("--quantity", type=int, default=1, help="units per reserve")
+    g.add_argument("--viewer-wait", type=float, nargs=2, default=[2.0, 8.0], metavar=("MIN", "MAX"),
+                   help="seconds between a viewer's likes/comments")
+    g.add_argument("--comment-share", type=float, default=0.15, help="share of viewer actions that are comments")
 
 
 def _learn(data: dict[str, str]) -> None:
@@ -216,10 +219,13 @@ class ViewerUser(User):
     comments now and then; reconnects with `since` on 4000-4499 closes, gives up on 4500-4999."""
 
     weight = 10
-    wait_time = between(2, 8)
+
+    def wait_time(self) -> float:
+        low, high = self.opts.viewer_wait
+        return random.uniform(low, high)
 
     def on_start(self) -> None:
-        opts = _opts(self)
+        self.opts = opts = _opts(self)
         SHOW_READY.wait()
         self.user_id = f"viewer-{uuid.uuid4().hex[:12]}"
         self.token = mint(opts.livesale_secret, self.user_id, "viewer")
@@ -304,13 +310,12 @@ class ViewerUser(User):
             return
         _fire(self.environment, "WS", name, (time.perf_counter() - t0) * 1000, len(data))
 
-    @task(6)
-    def like(self) -> None:
-        self._send("send like", {"type": "like", "count": random.randint(1, 5)})
-
-    @task(1)
-    def comment(self) -> None:
-        self._send("send comment", {"type": "comment", "text": random.choice(COMMENTS)})
+    @task
+    def chat(self) -> None:
+        if random.random() < self.opts.comment_share:
+            self._send("send comment", {"type": "comment", "text": random.choice(COMMENTS)})
+        else:
+            self._send("send like", {"type": "like", "count": random.randint(1, 5)})
 
 
 COMMENTS = ["🔥🔥🔥", "how much?", "size 42 please", "is it real leather?", "just bought one!", "love it",

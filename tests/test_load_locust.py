@@ -50,3 +50,20 @@ async def test_buyers_reserved_count_matches_redis_and_sql(api: Api, settings: S
     assert sum(report.sql_orders.values()) == reserved
     assert report.sold == paid
     assert count(rows, "ORDER", "sold_out") > 0  # 8 buyers for ~8 s want far more than 10 units
+
+
+async def test_viewers_report_websocket_events_the_server_published(api: Api, settings: Settings, tmp_path: Path) -> None:
+    """Locust viewers connect over the WebSocket, get a snapshot each, and every comment they report
+    sending is one the server published; received comments are reported with their lag."""
+    s = await api.setup_sale()
+    stats = await run_locust(settings, api.server.url, tmp_path, "ViewerUser", "-u", "5", "-r", "5", "--viewer-wait", "1", "2", "--comment-share", "0.5",
+                             "--sale-id", s["sale_id"], "--stream-id", s["stream_id"], seconds=8)
+    r = aioredis.Redis.from_url(settings.redis_url or "")
+    log = await r.xrange(f"{{stream:{s['stream_id']}}}:log")
+    await r.aclose()
+    published = sum(1 for _id, f in log if b'"type":"comment"' in next(iter(f.values())))
+    assert count(stats, "WS", "connect") == 5 and count(stats, "WS", "recv snapshot") == 5
+    assert count(stats, "WS", "send like") > 0
+    assert published == count(stats, "WS", "send comment") > 0
+    assert 0 < count(stats, "WS", "recv comment") <= published * 5
+    assert stats[("WS", "connect")]["num_failures"] == 0

@@ -134,3 +134,32 @@ async def test_replayed_events_never_move_an_order_backwards(settings: Settings)
     await engine.dispose()
 
 
+
+
+async def test_finished_sale_leaves_redis_and_orders_read_from_sql(settings: Settings) -> None:
+    """Once a sale has ended, has no holds and is fully in SQL, its order keys expire after the
+    retention period; the buyer still reads the order (from SQL) and the sale keeps its counters."""
+    from tests.helpers import start_app_server
+
+    cfg = replace(settings, sale_retention_s=1)
+    async with start_app_server(cfg) as srv, Api(srv) as api:
+        s = await api.setup_sale(stock=3)
+        st, o = await api.reserve(s["sale_id"], "zed", "k")
+        tok = srv.token("zed")
+        st, _ = await api.call("POST", f"/api/orders/{o['id']}/pay", token=tok, json={"payment_method": "pm_card_visa"})
+        assert st == 200
+        st, _ = await api.call("POST", f"/api/sales/{s['sale_id']}/end", token=s["host_token"])
+        assert st == 200
+        r = aioredis.Redis.from_url(cfg.redis_url or "")
+
+        async def gone() -> bool:
+            return not await r.exists(keys.orders(s["sale_id"]), keys.idem(s["sale_id"]), keys.events(s["sale_id"]))
+
+        await wait_for(gone, timeout=15, interval=0.2)
+        await r.aclose()
+        st, got = await api.call("GET", f"/api/orders/{o['id']}", token=tok)
+        assert st == 200 and got["status"] == "paid" and got["amount_cents"] == 1000
+        st, _ = await api.call("GET", f"/api/orders/{o['id']}", token=srv.token("other"))
+        assert st == 404
+        st, sale = await api.call("GET", f"/api/sales/{s['sale_id']}")
+        assert (sale["status"], sale["sold"], sale["available"]) == ("ended", 1, 2)
