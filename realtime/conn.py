@@ -159,7 +159,7 @@ class Conn:
         """Send the close frame; a peer that does not answer in time loses the transport."""
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await self.ws.close(code=int(code), message=code.name.lower().encode())
+                await self.ws.close(code=int(code), message=code.name.lower().encode(), drain=False)
         except (TimeoutError, ConnectionError):
             with contextlib.suppress(Exception):
                 self.transport.abort()

@@ -238,7 +238,8 @@ class Hub:
                     await self._pubsub.unsubscribe(channel(sid))
 
     def close_conn(self, conn: Conn, code: CloseCode) -> None:
-        """Conn.on_close: count it and send the close frame in the background."""
+        """Conn.on_close: count it, stop delivering to it, send the close frame in the background."""
+        self.leave(conn)
         if m.ENABLED:
             m.WS_CLOSES.labels(str(int(code))).inc()
             if code is CloseCode.SLOW_CONSUMER:
