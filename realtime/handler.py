@@ -60,10 +60,15 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     transport = request.transport
     assert transport is not None
     conn = Conn(ws, transport, user, stream_id, cfg.outbound_bytes, cfg.slow_close_s, hub.close_conn)  # type: ignore[arg-type]
-    await hub.join(conn)
     try:
-        async with hub.connecting:  # a reconnect storm must not take every Redis connection at once
-            found = await _first_frames(hub, conn, _since(request.query.get("since")))
+        try:
+            await hub.join(conn)
+            async with hub.connecting:  # a reconnect storm must not take every Redis connection at once
+                found = await _first_frames(hub, conn, _since(request.query.get("since")))
+        except (*REDIS_DOWN, TimeoutError):
+            if m.ENABLED:
+                m.REDIS_ERRORS.labels("ws_connect").inc()
+            return await _reject(ws, CloseCode.SERVER_RESTARTING, "redis unavailable; reconnect with backoff")
         if not found:
             return await _reject(ws, CloseCode.NO_SUCH_STREAM, "no such stream")
         await _receive(hub, conn, ws)

@@ -212,8 +212,12 @@ class Hub:
         if room is None:
             room = self.rooms[conn.stream_id] = Room(self, conn.stream_id)
             assert self._pubsub is not None
-            async with self._pubsub_lock:
-                await self._pubsub.subscribe(channel(conn.stream_id))
+            try:
+                async with self._pubsub_lock:
+                    await self._pubsub.subscribe(channel(conn.stream_id))
+            except BaseException:
+                del self.rooms[conn.stream_id]
+                raise
         room.drop_at = None
         room.conns.add(conn)
         if m.ENABLED:
