@@ -1,10 +1,10 @@
 """The inventory service: atomic Lua transitions on one sale (reserve, pay, cancel, expire/tick).
 
 Reserve calls that arrive in the same event-loop turn are batched: one EVALSHA per sale carries every
-buyer of that turn, and the calls for all sales go out together on one connection. Each buyer's step inside the
-script is still a whole check-and-hold, so the invariants are the same as one call per request, but a
-request no longer pays for its own Redis round trip (issue 2: "the Redis round trip per request has
-to go").
+buyer of that turn, and the calls for all sales go out together on one connection. Each buyer's step
+inside the script is still a whole check-and-hold, so the invariants are the same as one call per
+request, but a request no longer pays for its own Redis round trip (issue 2: "the Redis round trip per
+request has to go").
 """
 
 from __future__ import annotations
