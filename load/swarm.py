@@ -294,12 +294,13 @@ class Swarm:
                     "likes_sent")),
             ]
             for i in range(cfg.viewers):
-                if loop.time() >= deadline:
+                if loop.time() >= deadline or self.stop.is_set():
                     break
                 tasks.append(asyncio.create_task(self.viewer(conn, i)))
                 if cfg.ramp_per_s > 0:
                     await asyncio.sleep(1 / cfg.ramp_per_s)
-            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            with contextlib.suppress(TimeoutError):  # the deadline, or stop.set() by whoever runs the swarm
+                await asyncio.wait_for(self.stop.wait(), max(0.0, deadline - loop.time()))
             self.stop.set()
             st.elapsed = time.monotonic() - st.started
             for t in tasks + chat:

@@ -60,6 +60,7 @@ class HubConfig:
     comment_burst: int = 5
     likes_per_s: int = 50
     unsubscribe_grace_s: float = 5.0
+    connect_concurrency: int = 32  # snapshots built at once (each takes a few Redis round trips)
     blocked_words: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
@@ -90,6 +91,7 @@ class Room:
         self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._flushed_at = 0.0
         self.reported = -1  # last local count sent to Redis
         self.drop_at: float | None = None
 
@@ -114,7 +116,8 @@ class Room:
         else:
             seq = event.get("seq")
             self.log.append(Item(kind, None, data, seq if isinstance(seq, int) else None))
-            self._schedule(cfg.flush_s)
+            # Leading edge goes out at once; events arriving within flush_s of a flush share the next frame.
+            self._schedule(max(0.0, self._flushed_at + cfg.flush_s - asyncio.get_running_loop().time()))
 
     def _schedule(self, delay: float) -> None:
         loop = asyncio.get_running_loop()
@@ -128,7 +131,7 @@ class Room:
 
     def flush(self) -> None:
         self._timer = None
-        loop_now = asyncio.get_running_loop().time()
+        loop_now = self._flushed_at = asyncio.get_running_loop().time()
         due, next_at = self.state.due(loop_now)
         items = self.log
         self.log = []
@@ -171,6 +174,7 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._pubsub_lock = asyncio.Lock()
         self._stopped = False
+        self.connecting = asyncio.Semaphore(cfg.connect_concurrency)
 
     async def start(self) -> None:
         self._pubsub = self.svc.redis.pubsub()
@@ -208,8 +212,12 @@ class Hub:
         if room is None:
             room = self.rooms[conn.stream_id] = Room(self, conn.stream_id)
             assert self._pubsub is not None
-            async with self._pubsub_lock:
-                await self._pubsub.subscribe(channel(conn.stream_id))
+            try:
+                async with self._pubsub_lock:
+                    await self._pubsub.subscribe(channel(conn.stream_id))
+            except BaseException:
+                del self.rooms[conn.stream_id]
+                raise
         room.drop_at = None
         room.conns.add(conn)
         if m.ENABLED:
@@ -238,7 +246,8 @@ class Hub:
                     await self._pubsub.unsubscribe(channel(sid))
 
     def close_conn(self, conn: Conn, code: CloseCode) -> None:
-        """Conn.on_close: count it and send the close frame in the background."""
+        """Conn.on_close: count it, stop delivering to it, send the close frame in the background."""
+        self.leave(conn)
         if m.ENABLED:
             m.WS_CLOSES.labels(str(int(code))).inc()
             if code is CloseCode.SLOW_CONSUMER:

@@ -3,11 +3,14 @@ expiries and a Redis outage: the right series move by exactly the right amounts.
 
 from __future__ import annotations
 
+import dataclasses
+
 import redis.asyncio as aioredis
 
 from commerce import keys
+from livesale.config import Settings
 from livesale.embedded_redis import EmbeddedRedis
-from tests.helpers import Api, wait_for
+from tests.helpers import Api, start_app_server, wait_for
 from tests.metrics_scrape import Samples, delta, scrape, value
 
 ORDERS_ROUTE = "/api/sales/{id}/orders"
@@ -178,3 +181,18 @@ async def test_redis_outage_counts_as_redis_errors(api: Api, redis_server: Embed
     finally:
         redis_server.restart()
     assert delta(before, after, "livesale_redis_errors_total", op="http") == 1
+
+
+async def test_no_metrics_switch_leaves_every_series_still(settings: Settings) -> None:
+    """With metrics off (`--no-metrics`), purchases, payments and HTTP requests move no series at all."""
+    async with start_app_server(dataclasses.replace(settings, metrics=False)) as srv, Api(srv) as api:
+        s = await api.setup_sale(stock=3)
+        before = await _scrape(api)
+        st, o = await api.reserve(s["sale_id"], "erin", "e1", 1)
+        assert st == 201
+        assert (await _pay(api, "erin", o["id"], "pm_card_chargeDeclined"))[0] == 402
+        assert (await api.call("GET", f"/api/sales/{s['sale_id']}"))[0] == 200
+        after = await _scrape(api)
+    moved = {k: v - before.get(k, 0.0) for k, v in after.items()
+             if k[0].startswith("livesale_") and v != before.get(k, 0.0)}
+    assert moved == {}

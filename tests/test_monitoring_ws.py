@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from typing import Any
 
 import orjson
+import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from tests.helpers import Api, wait_for
+from livesale.config import Settings
+from livesale.services import SERVICES
+from tests.helpers import Api, start_app_server, wait_for
 from tests.metrics_scrape import Samples, delta, scrape, value
 
 VIEWERS = 3
@@ -65,3 +69,38 @@ async def test_viewers_comments_and_errors_move_the_ws_series(api: Api) -> None:
         return value(await samples(), "livesale_ws_connections") == value(before, "livesale_ws_connections")
 
     await wait_for(all_left, 10)
+
+
+async def test_slow_consumer_close_and_drops_are_counted(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A viewer that stops reading while comments pour in gets comments dropped (reason slow_consumer)
+    and is closed once with 4008: slow-consumer closes +1 and closes{code="4008"} +1."""
+    monkeypatch.setenv("LIVESALE_WS_OUTBOUND_BYTES", "16384")
+    monkeypatch.setenv("LIVESALE_WS_SLOW_CLOSE_S", "0.3")
+    async with start_app_server(settings) as srv, Api(srv) as api:
+        s = await api.setup_sale(stock=1)
+        bus = srv.app[SERVICES].bus  # type: ignore[index]
+
+        async def samples() -> Samples:
+            return await scrape(api.session, srv.url)
+
+        # max_queue=1: the client stops reading its socket after one frame, so the server's side backs up;
+        # a small fixed receive buffer (no autotuning up to tens of MB) makes that happen after little data.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", srv.port))
+        async with websockets.connect(f"{srv.ws_url}/ws/streams/{s['stream_id']}", sock=sock, max_queue=1,
+                                      close_timeout=0.5) as ws:
+            await _events_until(ws, "snapshot")
+            before = await samples()
+            closes = 0.0
+            for i in range(200):  # bounded: the kernel's socket buffers fill after a few MB
+                await asyncio.gather(*(bus.publish_log(s["stream_id"], {
+                    "type": "comment", "id": f"c{i}.{j}", "user": "spam", "text": "x" * 4000}) for j in range(50)))
+                closes = delta(before, await samples(), "livesale_ws_slow_consumer_closes_total")
+                if closes:
+                    break
+            after = await samples()
+        assert closes == 1
+        assert delta(before, after, "livesale_ws_closes_total", code="4008") == 1
+        assert delta(before, after, "livesale_ws_events_dropped_total", type="comment", reason="slow_consumer") > 0
