@@ -157,20 +157,35 @@ async def measure(name: str, server_pid: int, redis_pid: int, gen: Generator, n:
     return rows
 
 
-async def bench_livesale(args: argparse.Namespace, tmp: Path, redis: EmbeddedRedis) -> tuple[list[Row], float]:
-    port = free_port()
+def start_livesale(core: int, port: int, tmp: Path, redis: EmbeddedRedis) -> tuple[subprocess.Popen, str]:  # type: ignore[type-arg]
+    """A `livesale serve` process pinned to `core`, with one live stream."""
     env = dict(os.environ, REDIS_URL=redis.url, DATABASE_URL=f"sqlite+aiosqlite:///{tmp / 'ls.db'}",
                LIVESALE_SECRET=SECRET, LIVESALE_DATA=str(tmp / "data"))
-    proc = subprocess.Popen(["taskset", "-c", str(args.server_core), sys.executable, "-m", "live.cli", "serve",
+    proc = subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-m", "live.cli", "serve",
                              "--port", str(port)], env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + "/readyz", proc)
+    host = mint(SECRET, "benchhost", "host")
+    sid = post(base + "/api/streams", host, {"title": "bench"})["id"]
+    post(base + f"/api/streams/{sid}/start", host, {})
+    time.sleep(0.5)
+    return proc, sid
+
+
+def start_reference(core: int, port: int) -> subprocess.Popen:  # type: ignore[type-arg]
+    proc = subprocess.Popen(["taskset", "-c", str(core), sys.executable,
+                             str(ROOT / "bench" / "fanout_ref_room.py"), str(port)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    time.sleep(0.5)
+    return proc
+
+
+async def bench_livesale(args: argparse.Namespace, tmp: Path, redis: EmbeddedRedis) -> tuple[list[Row], float]:
+    port = free_port()
+    proc, sid = start_livesale(args.server_core, port, tmp, redis)
     gen = None
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_http(base + "/readyz", proc)
-        host = mint(SECRET, "benchhost", "host")
-        sid = post(base + "/api/streams", host, {"title": "bench"})["id"]
-        post(base + f"/api/streams/{sid}/start", host, {})
-        time.sleep(0.5)
         rss0 = rss_kib(proc.pid)
         paths = [f"/ws/streams/{sid}?token={mint(SECRET, f'v{i}', 'viewer', 3600)}" for i in range(args.viewers)]
         gen = Generator(args.gen_core, port, args.viewers, paths, tmp)
@@ -198,13 +213,9 @@ async def bench_reference(args: argparse.Namespace, tmp: Path, redis: EmbeddedRe
     import websockets
 
     port = free_port()
-    proc = subprocess.Popen(["taskset", "-c", str(args.server_core), sys.executable,
-                             str(ROOT / "bench" / "fanout_ref_room.py"), str(port)], stdout=subprocess.PIPE, text=True)
+    proc = start_reference(args.server_core, port)
     gen = None
     try:
-        assert proc.stdout is not None
-        proc.stdout.readline()
-        time.sleep(0.5)
         rss0 = rss_kib(proc.pid)
         gen = Generator(args.gen_core, port, args.viewers, ["/room"], tmp)
         gen.read()

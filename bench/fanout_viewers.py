@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import time
+from pathlib import Path
 
 MARK = b'"type":"comment"'
 T_RE = re.compile(rb'"t":([0-9.]+)')
@@ -101,10 +102,14 @@ async def connect(host: str, port: int, path: str, sampled: bool) -> None:
     await asyncio.wait_for(ready, 30)
 
 
+def load_paths(file: str) -> list[str]:
+    """One request path per viewer (tokens differ), or a single path for all."""
+    return list(json.loads(Path(file).read_text()))
+
+
 async def main() -> None:
     host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    with open(sys.argv[4]) as f:
-        paths = json.load(f)  # one path per viewer (tokens differ), or a single path for all
+    paths = load_paths(sys.argv[4])
     for start in range(0, n, 200):
         await asyncio.gather(*(connect(host, port, paths[i % len(paths)], i % SAMPLE == 0)
                                for i in range(start, min(n, start + 200))))

@@ -47,7 +47,9 @@ def _env_float(name: str, default: float) -> float:
 class HubConfig:
     """Tunables; the defaults are DESIGN.md's. `from_env` reads LIVESALE_WS_* overrides."""
 
-    flush_s: float = 0.02  # stream-log events wait at most this long to share a frame
+    # Stream-log events wait at most this long to share a frame; the first after a quiet spell goes at
+    # once. 15 ms: at 50 events/s nearly every event leaves at once, at 200/s about 3 share a frame.
+    flush_s: float = 0.015
     likes_interval_s: float = 0.25
     stock_interval_s: float = 0.1
     viewers_interval_s: float = 1.0
@@ -291,6 +293,8 @@ class Hub:
         for sid, n in pending.items():
             try:
                 await state.add_likes(self.svc.redis, sid, n)
+                if m.ENABLED:
+                    m.WS_PUBLISHED.labels("likes").inc()
             except REDIS_DOWN:
                 raise_if_cancelling()
                 self.likes.restore({sid: n})
