@@ -106,3 +106,40 @@ def retry_delay(attempt: int, retry_after: str | None, *, base: float = 0.2, cap
         except ValueError:
             pass
     return min(cap, base * 2**attempt)
+
+
+@dataclass(frozen=True)
+class ShowPlan:
+    """The show's load shape as data (load/shape.py hands it to Locust): viewers ramp, then the sale
+    opens and the buyers rush in, everyone stays until `duration`, then `drain` seconds at 0 users.
+
+    The drain matters in distributed mode: on a plain end (tick None) the master quits and waits only
+    0.5 s for the workers' last stats, so the samples of users still finishing their task were lost
+    from the totals (a test caught it). Scaling to 0 first lets users finish (--stop-timeout) and the
+    workers report as usual."""
+
+    viewers: int = 200
+    buyers: int = 100
+    ramp_rate: float = 20.0
+    sale_open: float = 15.0
+    spike_rate: float = 50.0
+    duration: float = 60.0
+    drain: float = 8.0
+
+    @classmethod
+    def from_env(cls) -> ShowPlan:
+        e = os.environ.get
+        return cls(int(e("LIVESALE_SHAPE_VIEWERS", cls.viewers)), int(e("LIVESALE_SHAPE_BUYERS", cls.buyers)),
+                   float(e("LIVESALE_SHAPE_RAMP", cls.ramp_rate)), float(e("LIVESALE_SHAPE_SALE_OPEN", cls.sale_open)),
+                   float(e("LIVESALE_SHAPE_SPIKE_RATE", cls.spike_rate)),
+                   float(e("LIVESALE_SHAPE_DURATION", cls.duration)), float(e("LIVESALE_SHAPE_DRAIN", cls.drain)))
+
+    def at(self, t: float) -> tuple[int, float, str] | None:
+        """Target (users, spawn rate, phase) at time t; None once the show is over."""
+        if t >= self.duration + self.drain:
+            return None
+        if t >= self.duration:
+            return 0, 1000.0, "drain"
+        if t < self.sale_open:
+            return 1 + self.viewers, self.ramp_rate, "ramp"
+        return 1 + self.viewers + self.buyers, self.spike_rate, "sale"

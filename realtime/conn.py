@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +54,7 @@ class Conn:
         self.transport = transport
         self.user = user
         self.stream_id = stream_id
-        self.queue: deque[Batch] = deque()
+        self.queue: list[Batch] = []  # a list, not a deque: idle viewers are many, and it is drained whole
         self.queued = 0  # bytes in `queue`
         self.over_since: float | None = None
         self.ready = False  # false until the snapshot (or replay) went out; batches wait until then
@@ -106,7 +105,7 @@ class Conn:
         self._requeue(tuple(kept) + tuple(latest.values()))
 
     def _requeue(self, items: tuple[Item, ...]) -> None:
-        self.queue.clear()
+        self.queue = []
         self.queued = 0
         if items:
             b = Batch.of(items)
@@ -129,8 +128,7 @@ class Conn:
                     if self.closed or self.transport.is_closing():
                         return
                     await asyncio.sleep(0.02)
-                batches = list(self.queue)
-                self.queue.clear()
+                batches, self.queue = self.queue, []
                 self.queued = 0
                 if len(batches) == 1:
                     self.transport.write(batches[0].wire)
@@ -149,7 +147,7 @@ class Conn:
         if self.closed:
             return
         self.closed = True
-        self.queue.clear()
+        self.queue = []
         self.queued = 0
         if self.writer is not None:
             self.writer.cancel()

@@ -60,9 +60,16 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     transport = request.transport
     assert transport is not None
     conn = Conn(ws, transport, user, stream_id, cfg.outbound_bytes, cfg.slow_close_s, hub.close_conn)  # type: ignore[arg-type]
-    await hub.join(conn)
     try:
-        if not await _first_frames(hub, conn, _since(request.query.get("since"))):
+        try:
+            await hub.join(conn)
+            async with hub.connecting:  # a reconnect storm must not take every Redis connection at once
+                found = await _first_frames(hub, conn, _since(request.query.get("since")))
+        except (*REDIS_DOWN, TimeoutError):
+            if m.ENABLED:
+                m.REDIS_ERRORS.labels("ws_connect").inc()
+            return await _reject(ws, CloseCode.SERVER_RESTARTING, "redis unavailable; reconnect with backoff")
+        if not found:
             return await _reject(ws, CloseCode.NO_SUCH_STREAM, "no such stream")
         await _receive(hub, conn, ws)
     finally:
@@ -101,7 +108,7 @@ async def _first_frames(hub: Hub, conn: Conn, since: int | None) -> bool:
 
 
 async def _receive(hub: Hub, conn: Conn, ws: web.WebSocketResponse) -> None:
-    flood = FloodGuard()
+    flood: FloodGuard | None = None  # made on the first bad frame: most viewers never send one
     while not conn.closed:
         msg = await ws.receive()
         if msg.type is WSMsgType.TEXT:
@@ -117,6 +124,8 @@ async def _receive(hub: Hub, conn: Conn, ws: web.WebSocketResponse) -> None:
         conn.send_now(protocol.encode_error(err.code, err.message))
         if m.ENABLED:
             m.WS_CLIENT_ERRORS.labels(str(err.code)).inc()
+        if flood is None:
+            flood = FloodGuard()
         if flood.hit(time.monotonic()):
             conn.close(CloseCode.RATE_LIMITED)
             return

@@ -44,8 +44,11 @@ async def snapshot(svc: Services, source: dict[str, Any], stream_id: str, seq: i
 
 
 async def missed(svc: Services, stream_id: str, since: int, seq: int) -> list[bytes] | None:
-    """Stream-log events after `since` up to `seq`, in order; None when the log no longer holds them."""
-    if since >= seq:
+    """Stream-log events after `since` up to `seq`, in order; None when the log no longer holds them
+    (or `since` is ahead of the stream: the client saw another life of it)."""
+    if since > seq:
+        return None
+    if since == seq:
         return []
     entries = log_events(await svc.redis.xrange(log_key(stream_id), min=f"{since + 1}-0", max=f"{seq}-0"))
     if not entries or entries[0][0] != f"{since + 1}-0".encode():

@@ -67,3 +67,43 @@ async def test_viewers_report_websocket_events_the_server_published(api: Api, se
     assert published == count(stats, "WS", "send comment") > 0
     assert 0 < count(stats, "WS", "recv comment") <= published * 5
     assert stats[("WS", "connect")]["num_failures"] == 0
+
+
+async def test_distributed_show_shape_host_sets_up_and_workers_find_the_sale(
+        api: Api, settings: Settings, tmp_path: Path) -> None:
+    """Master + worker with the show shape: the host user creates the show, the ids reach the worker's
+    buyers and viewers through the master, and the master's totals equal the orders in Redis."""
+    from livesale.embedded_redis import free_port
+
+    port = str(free_port())
+    env = dict(os.environ, LIVESALE_SECRET=settings.secret, LIVESALE_SHAPE_VIEWERS="4", LIVESALE_SHAPE_BUYERS="3",
+               LIVESALE_SHAPE_RAMP="10", LIVESALE_SHAPE_SALE_OPEN="3", LIVESALE_SHAPE_SPIKE_RATE="10",
+               LIVESALE_SHAPE_DURATION="9", LIVESALE_SHAPE_DRAIN="5")
+    files = f"{LOCUSTFILE},{Path(LOCUSTFILE).with_name('shape.py')}"
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "locust", "-f", files, "--worker", "--master-host", "127.0.0.1", "--master-port", port,
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        master = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "locust", "-f", files, "--master", "--master-bind-host", "127.0.0.1",
+            "--master-bind-port", port, "--expect-workers", "1", "--headless", "--host", api.server.url,
+            "--sale-open-after", "3", "--stop-timeout", "10", "--json-file", str(tmp_path / "run"),
+            "--stock", "20", "--hold-s", "2",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        output, _ = await asyncio.wait_for(master.communicate(), 90)
+        await asyncio.wait_for(worker.wait(), 30)
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+    assert (tmp_path / "run.json").exists(), output.decode()[-3000:]
+    stats = read_locust_json(tmp_path / "run.json")
+    r = aioredis.Redis.from_url(settings.redis_url or "")
+    sales = [k.decode() async for k in r.scan_iter(match="{sale:*}") if k.decode().endswith("}")]
+    assert len(sales) == 1, sales
+    sale_id = sales[0][len("{sale:"):-1]
+    orders = verify.parse_orders(await r.hgetall(f"{{sale:{sale_id}}}:orders"))
+    await r.aclose()
+    assert count(stats, "POST", "/api/sales/[id]/start") == 1
+    assert count(stats, "WS", "connect") == 4 and count(stats, "WS", "recv snapshot") == 4
+    assert count(stats, "ORDER", "reserved") == len(orders) > 0

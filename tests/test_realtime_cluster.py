@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import Iterator
 
 import pytest
 
+from livesale.codes import CloseCode
 from livesale.config import Settings
 from tests.helpers import Api, LiveServer, spawn_server, stop_server
-from tests.test_realtime_ws import collect, of_type, send, viewer
+from tests.test_realtime_ws import closed_code, collect, of_type, send, viewer
 
 
 @pytest.fixture
@@ -50,3 +52,17 @@ async def test_comments_likes_and_viewers_cross_processes(two_servers: tuple[Liv
             assert max(e["total"] for e in of_type(likes, "likes")) == 12
             stop_server(b, signal.SIGKILL)  # B dies without saying goodbye
             await collect(on_a, viewers_are(2), wait=20)
+
+
+async def test_server_shutdown_closes_viewers_with_4000(settings: Settings) -> None:
+    """A `livesale serve` process stopped with SIGTERM tells its viewers 4000 (reconnect with since=)."""
+    srv = spawn_server(settings)
+    try:
+        async with Api(srv) as api:
+            s = await api.setup_sale()
+        async with viewer(srv, s["stream_id"]) as (ws, first):
+            assert first[0]["type"] == "snapshot"
+            await asyncio.to_thread(stop_server, srv)
+            assert await closed_code(ws) == CloseCode.SERVER_RESTARTING
+    finally:
+        stop_server(srv)

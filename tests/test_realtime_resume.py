@@ -8,6 +8,7 @@ import socket
 
 import redis.asyncio as aioredis
 import websockets
+from prometheus_client import REGISTRY
 
 from livesale.bus import log_key
 from livesale.codes import CloseCode
@@ -68,6 +69,7 @@ async def test_a_viewer_that_stops_reading_is_closed_4008_others_keep_up(api: Ap
     slow_sock.connect(("127.0.0.1", api.server.port))
     slow_sock.setblocking(False)
     text = "z" * 280
+    slow_closes = REGISTRY.get_sample_value("livesale_ws_slow_consumer_closes_total") or 0.0
     async with contextlib.AsyncExitStack() as stack:
         slow = await stack.enter_async_context(
             websockets.connect(ws_url(api.server, sid), sock=slow_sock, max_queue=1))
@@ -91,6 +93,7 @@ async def test_a_viewer_that_stops_reading_is_closed_4008_others_keep_up(api: Ap
             t.cancel()
         assert all(r[: len(sent)] == sent for r in received)
         assert await closed_code(slow, 30) == CloseCode.SLOW_CONSUMER
+    assert REGISTRY.get_sample_value("livesale_ws_slow_consumer_closes_total") == slow_closes + 1
 
 
 async def test_moderators_and_the_host_delete_comments(api: Api) -> None:

@@ -188,3 +188,11 @@ async def test_comment_rate_limit_and_blocked_words(api: Api) -> None:
         ev = await collect(ws, lambda ev: len(of_type(ev, "comment")) >= 5 and bool(of_type(ev, "error")))
         assert [c["text"] for c in of_type(ev, "comment")] == [f"c{i}" for i in range(5)]
         assert [e["code"] for e in of_type(ev, "error")] == ["rate_limited"]
+
+
+async def test_redis_down_at_connect_closes_4000(api: Api, redis_server: Any) -> None:
+    """With Redis unreachable a new viewer is accepted, then closed with 4000 (reconnect with backoff)."""
+    s = await api.setup_sale()
+    redis_server.stop()
+    async with websockets.connect(ws_url(api.server, s["stream_id"])) as ws:
+        assert await closed_code(ws) == CloseCode.SERVER_RESTARTING
