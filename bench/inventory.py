@@ -17,7 +17,7 @@ After each phase that reserves, Redis is read directly: `available + held + sold
 sale, the units of accepted orders, users over the limit, and for ours the SQL rows the order writer
 wrote. Oversold units must be 0. See docs/benchmarks.md for how to read the output.
 
-Run: `make bench-inventory` (BENCH_ARGS="--rounds 3" for medians of interleaved rounds).
+Run: `make bench-inventory` (three interleaved rounds, medians; BENCH_ARGS="--rounds 1" for a quick one).
 """
 
 from __future__ import annotations
@@ -273,7 +273,7 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--threads", type=int, default=1, help="wrk threads (all on the generator core)")
     p.add_argument("--limit", type=int, default=2, help="per-user limit of each sale")
-    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds; the summary takes medians")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the summary takes medians")
     p.add_argument("--only", default="ceiling,plain,ours,ours-no-metrics", help="comma-separated phases")
     p.add_argument("--baseline", metavar="GIT_REF",
                    help="also run `livesale serve` from this commit (phase `baseline`): before/after in one run")
