@@ -71,11 +71,17 @@ async def test_two_workers_metrics_cover_both_workers(settings: Settings, tmp_pa
         # A new connection per request, so SO_REUSEPORT spreads them over the workers.
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
             sent = 0
-            while sent < 600 and len([n for n in _per_worker(mdir).values() if n > 0]) < 2:
+
+            async def both_workers_served() -> bool:
+                # The second worker joins the port only once it has booted; keep asking until it answers.
+                nonlocal sent
                 for _ in range(20):
                     async with fresh.get(f"{srv.url}/api/sales/{sale_id}") as r:
                         assert r.status == 200
                     sent += 1
+                return len([n for n in _per_worker(mdir).values() if n > 0]) == 2
+
+            await wait_for(both_workers_served, 60)
             per_worker = _per_worker(mdir)
             assert len(per_worker) == 2 and all(n > 0 for n in per_worker.values()), per_worker
             assert sum(per_worker.values()) == sent
