@@ -69,7 +69,7 @@ class Conn:
     # --- called by the room, synchronously, for every viewer: must never await
     def deliver(self, batch: Batch, now: float) -> bool:
         """Queue or write `batch`; False when it could not be written at once."""
-        if self.closed:
+        if self.closed or self.transport.is_closing():  # gone peers: writes would only log warnings
             return False
         if self.ready and not self.queue and self.transport.get_write_buffer_size() < TRANSPORT_HIGH:
             self.transport.write(batch.wire)

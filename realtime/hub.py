@@ -94,7 +94,6 @@ class Room:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._flushed_at = 0.0
-        self.reported = -1  # last local count sent to Redis
         self.drop_at: float | None = None
 
     def on_message(self, data: bytes) -> None:

@@ -46,14 +46,15 @@ async def test_likes_over_50_per_second_per_user_are_not_counted(api: Api) -> No
 
 
 async def _wait_flushed(api: Api, sid: str) -> int:
+    """The stream's likes total once it is non-zero and has stopped changing for three flush ticks."""
     svc = api.server.app[SERVICES]  # type: ignore[index]
-    for _ in range(100):
-        total = (await state.stream_counters(svc.redis, sid))["likes"]
-        if total:
-            await asyncio.sleep(0.6)  # a second tick would add a second window's likes
-            return (await state.stream_counters(svc.redis, sid))["likes"]
-        await asyncio.sleep(0.05)
-    return 0
+    seen: list[int] = []
+    for _ in range(200):
+        seen.append((await state.stream_counters(svc.redis, sid))["likes"])
+        if seen[-1] and seen[-4:] == [seen[-1]] * 4:
+            return seen[-1]
+        await asyncio.sleep(0.1)
+    return seen[-1]
 
 
 async def test_stock_events_converge_to_the_inventory(api: Api) -> None:
