@@ -196,3 +196,21 @@ async def test_redis_down_at_connect_closes_4000(api: Api, redis_server: Any) ->
     redis_server.stop()
     async with websockets.connect(ws_url(api.server, s["stream_id"])) as ws:
         assert await closed_code(ws) == CloseCode.SERVER_RESTARTING
+
+
+async def test_viewers_keep_receiving_after_redis_restarts(api: Api, redis_server: Any) -> None:
+    """After a Redis restart the hub's subscription comes back: a connected viewer gets new comments."""
+    s = await api.setup_sale()
+    async with viewer(api.server, s["stream_id"]) as (watch, _), viewer(api.server, s["stream_id"], "kim") as (kim, _):
+        await asyncio.to_thread(redis_server.kill)
+        await asyncio.to_thread(redis_server.restart)
+        for i in range(50):  # comments published before the hub has re-subscribed reach nobody live
+            await send(kim, {"type": "comment", "text": f"back {i}"})
+            with contextlib.suppress(TimeoutError):
+                if of_type(await collect(kim, lambda ev: bool(of_type(ev, "comment")), wait=0.5), "comment"):
+                    break
+            api.server.app[HUB].comment_limit.purge(float("inf"))  # type: ignore[index]
+        else:
+            raise AssertionError("no comment came through after the restart")
+        seen = of_type(await collect(watch, lambda ev: bool(of_type(ev, "comment"))), "comment")
+        assert seen[0]["text"].startswith("back")
