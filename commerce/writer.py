@@ -56,10 +56,8 @@ def event_row(sale_id: str, f: dict[bytes, bytes]) -> dict[str, Any]:
 
 class OrderWriter:
     def __init__(self, redis: aioredis.Redis, engine: AsyncEngine, *, batch: int = 500,
-                 reclaim_ms: int = 30_000, consumer: str | None = None, retention_s: int = 7 * 86400,
-                 linger_s: float = 0.05) -> None:
+                 reclaim_ms: int = 30_000, consumer: str | None = None, retention_s: int = 7 * 86400) -> None:
         self.retention_s = retention_s
-        self.linger_s = linger_s
         self.redis = redis
         self.engine = engine
         self.batch = batch
@@ -221,10 +219,6 @@ class OrderWriter:
                 n = await self.step(pending_first=pending_first)
                 if pending_first and n == 0:
                     pending_first = False
-                elif 0 < n < self.batch // 4:
-                    # A trickle during a spike: let events pile up a little so each SQL commit and
-                    # XACK carries many of them (it was ~12 us of server CPU per reserve otherwise).
-                    await pause(self.linger_s)
                 now = loop.time()
                 if now - last_reclaim > max(self.reclaim_ms / 2000, 0.2):
                     last_reclaim = now
