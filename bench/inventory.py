@@ -433,6 +433,10 @@ def report(args: argparse.Namespace, results: dict[str, list[Result]], pinned_: 
         if "baseline" in best and best["baseline"].rate:
             print(f"ours / ours @ {args.baseline} = {ours.rate / best['baseline'].rate:5.2f}x; "
                   f"per server CPU second: {best['baseline'].cpu_us / ours.cpu_us:.2f}x")
+    starved = [x for x in best.values() if x.server_cpu < 0.9]
+    if starved:
+        print("warning: the server had less than 90% of core 0 in " + ", ".join(x.name for x in starved)
+              + " (someone else was using it): compare the per-CPU-second ratios, not attempts/s")
     hot = [x for x in best.values() if x.wrk_cpu > 0.9]
     if hot:
         print("warning: wrk used > 90% of its core in " + ", ".join(x.name for x in hot)
