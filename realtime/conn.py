@@ -38,10 +38,20 @@ class Item:
 class Batch:
     items: tuple[Item, ...]
     wire: bytes  # the WebSocket frame holding all items
+    low_seq: int | None  # lowest stream-log seq inside, to spot events a snapshot already covered
 
     @classmethod
     def of(cls, items: tuple[Item, ...]) -> Batch:
-        return cls(items, protocol.text_frame(protocol.batch([i.payload for i in items])))
+        seqs = [i.seq for i in items if i.seq is not None]
+        return cls(items, protocol.text_frame(protocol.batch([i.payload for i in items])),
+                   min(seqs) if seqs else None)
+
+    def after(self, seq: int) -> Batch | None:
+        """This batch without the stream-log events up to `seq`; None when nothing is left."""
+        if self.low_seq is None or self.low_seq > seq:
+            return self
+        items = tuple(i for i in self.items if i.seq is None or i.seq > seq)
+        return Batch.of(items) if items else None
 
 
 class Conn:
@@ -71,6 +81,12 @@ class Conn:
         """Queue or write `batch`; False when it could not be written at once."""
         if self.closed or self.transport.is_closing():  # gone peers: writes would only log warnings
             return False
+        if batch.low_seq is not None and batch.low_seq <= self.min_seq:
+            # published before the snapshot's seq was read, but read off pub/sub after it went out
+            fresh = batch.after(self.min_seq)
+            if fresh is None:
+                return True
+            batch = fresh
         if self.ready and not self.queue and self.transport.get_write_buffer_size() < TRANSPORT_HIGH:
             self.transport.write(batch.wire)
             return True
@@ -116,7 +132,7 @@ class Conn:
         """The snapshot or replay is out: release what arrived meanwhile, minus what it already held."""
         self.min_seq = min_seq
         if self.queue:
-            self._requeue(tuple(i for b in self.queue for i in b.items if i.seq is None or i.seq > min_seq))
+            self._requeue(tuple(i for b in self.queue if (f := b.after(min_seq)) is not None for i in f.items))
         self.ready = True
         if self.queue and self.writer is None:
             self.writer = asyncio.get_running_loop().create_task(self._write_backlog())

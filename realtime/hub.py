@@ -315,6 +315,3 @@ class Hub:
                 if m.ENABLED:
                     m.REDIS_ERRORS.labels("ws_viewers").inc()
             await pause(self.cfg.viewers_interval_s)
-
-    def local_viewers(self) -> int:
-        return sum(len(r.conns) for r in self.rooms.values())

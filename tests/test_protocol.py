@@ -163,3 +163,24 @@ def test_like_sum_drains_and_restores() -> None:
     s.restore({"a": 2})
     s.add("a", 1)
     assert s.drain() == {"a": 3}
+
+
+def test_batch_after_drops_log_events_a_snapshot_covered() -> None:
+    """A shared batch filtered for a viewer whose snapshot reached seq N keeps later log events and all state."""
+    from realtime.conn import Batch, Item
+
+    def ev(kind: str, seq: int | None) -> Item:
+        body = {"type": kind} if seq is None else {"type": kind, "seq": seq}
+        return Item(kind, kind if seq is None else None, orjson.dumps(body), seq)
+
+    b = Batch.of((ev("comment", 3), ev("comment", 4), ev("likes", None)))
+    assert b.low_seq == 3 and b.after(2) is b
+
+    def events(batch: Batch | None) -> list[object]:
+        assert batch is not None
+        data = orjson.loads(batch.wire[2:])  # small frame: two header bytes
+        return data if isinstance(data, list) else [data]
+
+    assert events(b.after(3)) == [{"type": "comment", "seq": 4}, {"type": "likes"}]
+    assert events(b.after(9)) == [{"type": "likes"}]
+    assert Batch.of((ev("comment", 5),)).after(5) is None
