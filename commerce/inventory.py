@@ -31,7 +31,8 @@ RESERVE = LuaScript(_LUA / "reserve.lua", _PRELUDE)
 PAY = LuaScript(_LUA / "pay.lua", _PRELUDE)
 CANCEL = LuaScript(_LUA / "cancel.lua", _PRELUDE)
 TICK = LuaScript(_LUA / "tick.lua", _PRELUDE)
-SCRIPTS = (RESERVE, PAY, CANCEL, TICK)
+STOCK_NOTICE = LuaScript(_LUA / "stock_notice.lua")
+SCRIPTS = (RESERVE, PAY, CANCEL, TICK, STOCK_NOTICE)
 
 # Reserve outcome codes returned by reserve.lua, and their metric label / API error code.
 RESERVED, DUPLICATE, SOLD_OUT, LIMIT_REACHED, NOT_ACTIVE, IDEM_CONFLICT = range(6)

@@ -6,13 +6,12 @@ import asyncio
 import contextlib
 import re
 import secrets
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from commerce import inventory, keys
 from commerce.schema import sales as sales_table
-from livesale.bus import Bus
+from livesale.bus import Bus, channel
 from livesale.codes import ErrorCode
 from livesale.errors import Conflict, NotFound, Unprocessable
 from livesale.services import Services
@@ -177,29 +176,21 @@ async def end_for_stream(svc: Services, stream_id: str) -> None:
                 await transition(svc, sale["id"], "end")
 
 
-@dataclass(slots=True)
-class _Latest:
-    available: int
-    dirty: bool = True
-
-
 class StockNotices:
-    """Latest `available` per sale, published to the sale's stream at most every `interval`
-    (viewers see a falling counter, not every decrement)."""
+    """Publishes a sale's `available` to its stream at most every `interval` after it changed
+    (viewers see a falling counter, not every decrement). The value is read from Redis when it is
+    published, in the same script: batches finish in any order and other processes change stock too,
+    so a value remembered here could be stale."""
 
     def __init__(self, svc: Services, interval: float = 0.05) -> None:
         self.svc = svc
         self.interval = interval
-        self._latest: dict[str, _Latest] = {}
+        self._dirty: set[str] = set()
         self._stream_of: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def note(self, sale_id: str, available: int, _held: int = 0) -> None:
-        cur = self._latest.get(sale_id)
-        if cur is None:
-            self._latest[sale_id] = _Latest(available)
-        elif cur.available != available or not cur.dirty:
-            cur.available, cur.dirty = available, True
+    def note(self, sale_id: str, _available: int = 0, _held: int = 0) -> None:
+        self._dirty.add(sale_id)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -213,17 +204,15 @@ class StockNotices:
             await self.flush()
 
     async def flush(self) -> None:
-        for sale_id, latest in list(self._latest.items()):
-            if not latest.dirty:
-                continue
-            latest.dirty = False
+        dirty, self._dirty = self._dirty, set()
+        for sale_id in dirty:
             stream = self._stream_of.get(sale_id)
             if stream is None:
                 raw = await self.svc.redis.hget(keys.sale(sale_id), "stream")  # type: ignore[misc]
                 if raw is None:
                     continue
                 stream = self._stream_of[sale_id] = raw.decode()
-            await self.svc.bus.publish_state(stream, {"type": "stock", "sale": sale_id, "available": latest.available})
+            await inventory.STOCK_NOTICE(self.svc.redis, [keys.sale(sale_id)], [channel(stream), sale_id])
 
     async def _run(self) -> None:
         while True:
