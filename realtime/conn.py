@@ -150,7 +150,10 @@ class Conn:
                     self.transport.write(batches[0].wire)
                 else:
                     self.transport.write(Batch.of(tuple(i for b in batches for i in b.items)).wire)
-            self.over_since = None
+            # Only a drained socket ends the slow spell: shedding can empty the queue (all comments)
+            # while the peer still reads nothing, and that viewer must still reach its 4008.
+            if self.transport.get_write_buffer_size() < TRANSPORT_HIGH:
+                self.over_since = None
         finally:
             self.writer = None
 
