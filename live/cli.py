@@ -54,6 +54,19 @@ def _worker(settings: Settings, reuse_port: bool, demo: bool) -> None:
     )
 
 
+async def _prepare_sql(settings: Settings) -> None:
+    """Schema (and SQLite's WAL mode) once, before several workers open the database together."""
+    import commerce.schema  # noqa: F401 - registers the tables
+    import live.schema  # noqa: F401
+    from livesale.db import create_tables, make_engine
+
+    engine = make_engine(settings.sql_url)
+    try:
+        await create_tables(engine)
+    finally:
+        await engine.dispose()
+
+
 def serve(settings: Settings, *, demo: bool = False) -> int:
     embedded: EmbeddedRedis | None = None
     if not settings.redis_url:
@@ -64,6 +77,7 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
         if settings.workers <= 1:
             _worker(settings, False, demo)
             return 0
+        asyncio.run(_prepare_sql(settings))
         # Several workers share the port (SO_REUSEPORT) and Redis; /metrics on any of them covers all
         # of them through prometheus-client's multiprocess mode (monitoring/README.md).
         from monitoring.workers import MetricsDir
