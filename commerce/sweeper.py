@@ -8,9 +8,8 @@ from collections.abc import Callable
 
 from commerce import inventory, keys
 from commerce.sales import get_sale, publish_sale
-from livesale.redis_client import REDIS_DOWN
 from livesale.services import Services
-from livesale.tasks import pause, raise_if_cancelling
+from livesale.tasks import keep_running
 from monitoring import metrics as m
 
 log = logging.getLogger("livesale.sweeper")
@@ -54,15 +53,4 @@ class Sweeper:
         return expired
 
     async def run(self) -> None:
-        while True:
-            raise_if_cancelling()
-            try:
-                await self.sweep_once()
-            except REDIS_DOWN:
-                m.REDIS_ERRORS.labels("sweeper").inc()
-                await pause(1.0)
-            except Exception:
-                log.exception("sweep failed")
-                await pause(1.0)
-            await pause(self.interval)
-
+        await keep_running(self.sweep_once, name="sweeper", log=log, interval=self.interval)

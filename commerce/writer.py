@@ -24,8 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from commerce import keys
 from commerce.schema import orders
-from livesale.redis_client import REDIS_DOWN
-from livesale.tasks import pause, raise_if_cancelling
+from livesale.tasks import keep_running, pause
 from monitoring import metrics as m
 
 log = logging.getLogger("livesale.writer")
@@ -58,6 +57,8 @@ class OrderWriter:
     def __init__(self, redis: aioredis.Redis, engine: AsyncEngine, *, batch: int = 500,
                  reclaim_ms: int = 30_000, consumer: str | None = None, retention_s: int = 7 * 86400) -> None:
         self.retention_s = retention_s
+        self._pending_first = True  # after a restart, re-read our own unacked entries first
+        self._last_reclaim = 0.0
         self.redis = redis
         self.engine = engine
         self.batch = batch
@@ -209,29 +210,21 @@ class OrderWriter:
         while await self.step(block_ms=1):
             pass
 
+    async def cycle(self) -> None:
+        """One read-commit-ack step; every few seconds also reclaim, measure the backlog, retire."""
+        n = await self.step(pending_first=self._pending_first)
+        if self._pending_first and n == 0:
+            self._pending_first = False
+        now = asyncio.get_running_loop().time()
+        if now - self._last_reclaim > max(self.reclaim_ms / 2000, 0.2):
+            self._last_reclaim = now
+            await self.reclaim()
+            if m.ENABLED:
+                m.WRITER_PENDING.set(await self.lag())
+            await self.retire_finished()
+
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        last_reclaim = 0.0
-        pending_first = True
-        while True:
-            raise_if_cancelling()
-            try:
-                n = await self.step(pending_first=pending_first)
-                if pending_first and n == 0:
-                    pending_first = False
-                now = loop.time()
-                if now - last_reclaim > max(self.reclaim_ms / 2000, 0.2):
-                    last_reclaim = now
-                    await self.reclaim()
-                    if m.ENABLED:
-                        m.WRITER_PENDING.set(await self.lag())
-                    await self.retire_finished()
-            except REDIS_DOWN:
-                m.REDIS_ERRORS.labels("writer").inc()
-                await pause(1.0)
-            except Exception:
-                log.exception("order writer step failed; retrying")
-                await pause(1.0)
+        await keep_running(self.cycle, name="writer", log=log)
 
 
 async def run_standalone(settings: Any) -> int:

@@ -8,6 +8,11 @@ was cancelled. These helpers re-raise while the task is being cancelled.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from livesale.redis_client import REDIS_DOWN
+from monitoring import metrics as m
 
 
 def raise_if_cancelling() -> None:
@@ -19,3 +24,21 @@ def raise_if_cancelling() -> None:
 async def pause(seconds: float) -> None:
     raise_if_cancelling()
     await asyncio.sleep(seconds)
+
+
+async def keep_running(step: Callable[[], Awaitable[object]], *, name: str, log: logging.Logger,
+                       interval: float = 0.0) -> None:
+    """Run `step` again and again until cancelled (every process's sweeper, order writer...). A lost
+    Redis is counted under `name` and retried after a second; any other error is logged and retried."""
+    while True:
+        raise_if_cancelling()
+        try:
+            await step()
+        except REDIS_DOWN:
+            m.REDIS_ERRORS.labels(name).inc()
+            await pause(1.0)
+        except Exception:
+            log.exception("%s step failed; retrying", name)
+            await pause(1.0)
+        if interval:
+            await pause(interval)
