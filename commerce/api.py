@@ -15,6 +15,7 @@ from commerce.payments import TestProvider
 from commerce.sweeper import Sweeper
 from commerce.writer import OrderWriter
 from livesale.auth import require_role
+from livesale.bus import meta_key
 from livesale.codes import ErrorCode
 from livesale.errors import Conflict, Forbidden, NotFound
 from livesale.services import SERVICES, Services
@@ -24,7 +25,7 @@ from livesale.web import current_user, json_response, read_json
 async def _stream_owner(svc: Services, request: web.Request, stream_id: str) -> dict[str, Any]:
     user = current_user(request)
     require_role(user, "host")
-    meta = await svc.redis.hmget(f"{{stream:{stream_id}}}:meta", "host", "status")  # type: ignore[misc]
+    meta = await svc.redis.hmget(meta_key(stream_id), "host", "status")  # type: ignore[misc]
     if meta[0] is None:
         raise NotFound(f"no stream {stream_id!r}")
     if user.role != "admin" and meta[0].decode() != user.id:

@@ -1,6 +1,9 @@
 """Redis keys of a stream, hash-tagged `{stream:ID}` (STYLE.md #8)."""
 
 
+from livesale.bus import meta_key
+
+
 def meta(stream_id: str) -> str:
     """Hash: host, title, status, created_at, started_at, ended_at, pinned (product JSON)."""
-    return f"{{stream:{stream_id}}}:meta"
+    return meta_key(stream_id)

@@ -35,6 +35,12 @@ def log_key(stream_id: str) -> str:
     return f"{{stream:{stream_id}}}:log"
 
 
+def meta_key(stream_id: str) -> str:
+    """Hash of a stream's hot state (host, title, status, pinned...), owned by `live`; here because
+    commerce reads a stream's host and status when a sale is opened on it."""
+    return f"{{stream:{stream_id}}}:meta"
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
