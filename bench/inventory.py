@@ -85,6 +85,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of a live process, by thread name (the event loop is the process's
+    own name; aiosqlite's worker, redis-py's or the resolver's threads show apart)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            stat = (task / "stat").read_text()
+        except FileNotFoundError:
+            continue
+        name = "main" if task.name == str(pid) else stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
 def pinned(core: int | None, cmd: list[str]) -> list[str]:
     return ["taskset", "-c", str(core), *cmd] if core is not None else cmd
 
@@ -185,6 +200,7 @@ class Result:
     server_cpu: float = 0.0
     redis_cpu: float = 0.0
     checks: dict[str, Any] = field(default_factory=dict)
+    threads: dict[str, float] = field(default_factory=dict)  # server CPU us per attempt, by thread
 
     @property
     def rate(self) -> float:
@@ -226,6 +242,23 @@ def run_wrk(wrk: str, url: str, path: str, tokens: Path, args: argparse.Namespac
     return result
 
 
+def batch_size(url: str) -> str:
+    """Mean buyers per Redis round trip of the reserve batcher, from the server's own /metrics."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return ""
+    vals = {}
+    for line in text.splitlines():
+        if line.startswith(("livesale_reserve_batch_size_sum", "livesale_reserve_batch_size_count")):
+            name, value = line.split()
+            vals[name.rsplit("_", 1)[1]] = float(value)
+    if not vals.get("count"):
+        return ""
+    return f", {vals['count']:.0f} batches of {vals['sum'] / vals['count']:.1f} buyers"
+
+
 def check_sale(r: Any, sale_id: str, limit: int) -> dict[str, Any]:
     h = {k.decode(): int(v) for k, v in r.hgetall(keys.sale(sale_id)).items()
          if k.decode() in ("stock", "available", "held", "sold")}
@@ -244,7 +277,7 @@ def check_sale(r: Any, sale_id: str, limit: int) -> dict[str, Any]:
     }
 
 
-def sql_orders(db: Path, sale_id: str, want: int, timeout: float = 30.0) -> int:
+def sql_orders(db: Path, sale_id: str, want: int, timeout: float = float(os.environ.get("BENCH_SQL_WAIT", "30"))) -> int:
     """Orders the writer has put in SQL for the sale (waits for it to catch up, bounded)."""
     deadline = time.monotonic() + timeout
     n = -1
@@ -277,10 +310,20 @@ def main() -> int:
     p.add_argument("--only", default="ceiling,plain,ours,ours-no-metrics", help="comma-separated phases")
     p.add_argument("--baseline", metavar="GIT_REF",
                    help="also run `livesale serve` from this commit (phase `baseline`): before/after in one run")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:VAR=VALUE[,VAR=VALUE]",
+                   help="also run ours with these environment settings (phase NAME), e.g. "
+                        "nowriter:LIVESALE_WRITER=0: an A/B in one run; may repeat")
+    p.add_argument("--profile", metavar="DIR", help="run each server under cProfile, writing DIR/<phase>-<round>.prof "
+                   "(slows every server alike: for where the time goes, not for the numbers)")
     args = p.parse_args()
     phases = [x.strip() for x in args.only.split(",") if x.strip()]
     if args.baseline:
         phases.append("baseline")
+    variants: dict[str, dict[str, str]] = {}
+    for v in args.variant:
+        name, _, assigns = v.partition(":")
+        variants[name] = dict(a.split("=", 1) for a in assigns.split(",") if a)
+        phases.append(name)
     wrk = ensure_wrk()
 
     cores = os.sched_getaffinity(0)
@@ -322,6 +365,9 @@ def main() -> int:
                 cmd = [python, str(HERE / "refservers.py"), name, "--port", str(port),
                        "--redis", redis_srv.url, "--secret", secret]
                 return Server(name, pinned(server_core, cmd), env, "/healthz", port)
+            if name in variants:
+                cmd = [python, "-m", "live.cli", "serve", "--port", str(port)]
+                return Server(name, pinned(server_core, cmd), dict(env, **variants[name]), "/readyz", port)
             cli = Path(python).with_name("livesale")
             cmd = [str(cli) if cli.exists() else python, *([] if cli.exists() else ["-m", "live.cli"]),
                    "serve", "--port", str(port)]
@@ -340,10 +386,20 @@ def main() -> int:
         for rnd in range(args.rounds):
             for ph in phases:
                 sale_id = next(sale_ids) if ph != "ceiling" else "sa000000000000"
-                srv = make(ph).start()
+                srv = make(ph)
+                if args.profile:
+                    Path(args.profile).mkdir(parents=True, exist_ok=True)
+                    out = Path(args.profile).resolve() / f"{ph}-{rnd}.prof"
+                    i = srv.cmd.index(python) if python in srv.cmd else None
+                    if i is None:  # the console script: run the module under the profiler instead
+                        i = next(j for j, c in enumerate(srv.cmd) if c.endswith("/livesale"))
+                        srv.cmd[i : i + 1] = [python, "-m", "live.cli"]
+                    srv.cmd[i + 1 : i + 1] = ["-m", "cProfile", "-o", str(out)]
+                srv.start()
                 servers.append(srv)
                 assert srv.proc is not None and redis_srv.proc is not None
                 s0, r0 = cpu_seconds(srv.proc.pid), cpu_seconds(redis_srv.proc.pid)
+                t0 = thread_cpu(srv.proc.pid)
                 w = run_wrk(wrk, srv.url, f"/api/sales/{sale_id}/orders", tokens, args, f"{ph}{rnd}", gen_core)
                 dur = w["duration_us"] / 1e6
                 res = Result(
@@ -352,6 +408,9 @@ def main() -> int:
                     wrk_cpu=w["cpu_s"] / dur, server_cpu=(cpu_seconds(srv.proc.pid) - s0) / dur,
                     redis_cpu=(cpu_seconds(redis_srv.proc.pid) - r0) / dur,
                 )
+                t1 = thread_cpu(srv.proc.pid)
+                batch = batch_size(srv.url) if ph != "ceiling" and ph != "plain" else ""
+                res.threads = {k: (v - t0.get(k, 0.0)) / res.attempts * 1e6 for k, v in t1.items()}
                 for part in w["statuses"]:
                     for code, n in part.items():
                         res.statuses[int(code)] = res.statuses.get(int(code), 0) + n
@@ -363,8 +422,9 @@ def main() -> int:
                 srv.stop()
                 results[ph].append(res)
                 log(f"round {rnd + 1} {ph}: {res.rate:,.0f} attempts/s, p99 {res.p99_ms:.1f} ms, "
-                    f"statuses {dict(sorted(res.statuses.items()))}, checks {res.checks}")
-        report(args, results, pin)
+                    f"statuses {dict(sorted(res.statuses.items()))}, checks {res.checks}, "
+                    f"us/att by thread {({k: round(v, 1) for k, v in res.threads.items() if v >= 0.05})}{batch}")
+        report(args, results, pin, variants)
         bad = [res for rs in results.values() for res in rs
                if res.checks.get("oversold") or res.checks.get("over_limit")
                or ("sql" in res.checks and res.checks["sql"] != res.checks["orders"])]
@@ -382,7 +442,8 @@ def median_result(rs: list[Result]) -> Result:
     return sorted(rs, key=lambda x: x.rate)[len(rs) // 2]
 
 
-def report(args: argparse.Namespace, results: dict[str, list[Result]], pinned_: bool) -> None:
+def report(args: argparse.Namespace, results: dict[str, list[Result]], pinned_: bool,
+           variants: dict[str, dict[str, str]]) -> None:
     where = ("server on core 0; wrk, Redis and this driver on core 1" if pinned_ else "not pinned")
     print(f"\nlivesale inventory benchmark: {args.stock:,} units, {args.attempts:,} attempts by "
           f"{args.users:,} users, {args.connections} connections, wrk -t{args.threads}; {where}")
@@ -430,6 +491,10 @@ def report(args: argparse.Namespace, results: dict[str, list[Result]], pinned_: 
         print(f"ours p99       = {ours.p99_ms:5.2f} ms (target <= 10 ms)")
         if "ours-no-metrics" in best and best["ours-no-metrics"].rate:
             print(f"metrics on / off = {ours.rate / best['ours-no-metrics'].rate:5.0%} of the attempts/s")
+        for name in variants:
+            if name in best and best[name].rate:
+                print(f"ours / {name} = {ours.rate / best[name].rate:5.2f}x; "
+                      f"per server CPU second: {best[name].cpu_us / ours.cpu_us:.2f}x")
         if "baseline" in best and best["baseline"].rate:
             print(f"ours / ours @ {args.baseline} = {ours.rate / best['baseline'].rate:5.2f}x; "
                   f"per server CPU second: {best['baseline'].cpu_us / ours.cpu_us:.2f}x")

@@ -71,8 +71,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     app[COMMERCE] = com
     com.stock.start()
     sweeper = Sweeper(svc, com.stock.note, svc.settings.sweep_interval_s)
-    writer = OrderWriter(svc.redis, svc.db, batch=svc.settings.writer_batch, reclaim_ms=svc.settings.writer_reclaim_ms,
-                         retention_s=svc.settings.sale_retention_s)
+    writer = OrderWriter.from_settings(svc.redis, svc.db, svc.settings)
     tasks = [asyncio.create_task(sweeper.run(), name="sweeper")]
     if svc.settings.run_writer:
         tasks.append(asyncio.create_task(writer.run(), name="writer"))

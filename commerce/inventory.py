@@ -44,6 +44,7 @@ OUTCOME = {
     NOT_ACTIVE: "not_active",
     IDEM_CONFLICT: "conflict",
 }
+_BATCH = m.histogram(m.RESERVE_BATCH)
 MAX_PER_CALL = 256  # buyers per EVALSHA: bounds how long one script blocks Redis
 
 
@@ -166,7 +167,7 @@ class Reserver:
                         op[1].set_exception(exc)
             raise
         if m.ENABLED:
-            m.RESERVE_BATCH.observe(sum(len(ops) for _, ops in calls))
+            _BATCH.observe(sum(len(ops) for _, ops in calls))
         for (sale_id, ops), res in zip(calls, results, strict=True):
             if isinstance(res, Exception) or int(res[0]) == -1:
                 exc2: Exception = res if isinstance(res, Exception) else UnknownSale(sale_id)

@@ -42,7 +42,7 @@ class Commerce:
 
     def __init__(self, svc: Services, provider: PaymentProvider) -> None:
         self.svc = svc
-        self.reserver = Reserver(svc.redis)
+        self.reserver = Reserver(svc.redis, max_in_flight=svc.settings.reserve_in_flight)
         self.stock = StockNotices(svc)
         self.reserver.on_stock = self.stock.note
         self.provider = provider
@@ -107,9 +107,9 @@ async def reserve(request: web.Request) -> web.Response:
     if m.ENABLED:
         outcomes = _OUTCOMES.get(r.code)
         if outcomes is None:
-            outcomes = _OUTCOMES[r.code] = m.RESERVE_OUTCOMES.labels(inventory.OUTCOME[r.code])
+            outcomes = _OUTCOMES[r.code] = m.counter(m.RESERVE_OUTCOMES, inventory.OUTCOME[r.code])
         outcomes.inc()
-        m.RESERVE_LATENCY.observe(time.perf_counter() - started)
+        _LATENCY.observe(time.perf_counter() - started)
     if r.code == inventory.RESERVED or r.code == inventory.DUPLICATE:
         view = order_view(r.order_id, r.status, r.quantity, info.price_cents, r.expires_ms, r.created_ms)
         return json_response(view, 201 if r.code == inventory.RESERVED else 200)
@@ -118,7 +118,8 @@ async def reserve(request: web.Request) -> web.Response:
     return error_response(_refusal(r, qty))
 
 
-_OUTCOMES: dict[int, Any] = {}  # reserve outcome code -> its counter child (labels() is not free)
+_OUTCOMES: dict[int, m.DeferredCounter] = {}  # reserve outcome code -> its counter series
+_LATENCY = m.histogram(m.RESERVE_LATENCY)
 
 
 def _refusal(r: inventory.Reservation, qty: int) -> LivesaleError:

@@ -37,6 +37,12 @@ class Settings:
     # Order writer: a pending entry idle this long is taken over from a dead consumer.
     writer_reclaim_ms: int = 30_000
     writer_batch: int = 500
+    # Reserve batches a process keeps in flight to Redis at once (commerce.inventory.Reserver): more
+    # means shorter waits for a batch to go out, fewer means more buyers per script call.
+    reserve_in_flight: int = 4
+    # After a short batch the writer waits this long before reading again, so that under a spike it
+    # writes a few hundred rows per transaction instead of a few (per-transaction costs dominate).
+    writer_linger_ms: int = 100
     # Bounded stream log kept for `since=` resume.
     stream_log_maxlen: int = 1000
     metrics: bool = True
@@ -54,6 +60,8 @@ class Settings:
             database_url=env.get("DATABASE_URL") or None,
             data_dir=data_dir,
             writer_reclaim_ms=int(env.get("LIVESALE_WRITER_RECLAIM_MS", "30000")),
+            reserve_in_flight=int(env.get("LIVESALE_RESERVE_IN_FLIGHT", "4")),
+            writer_linger_ms=int(env.get("LIVESALE_WRITER_LINGER_MS", "100")),
             sweep_interval_s=float(env.get("LIVESALE_SWEEP_INTERVAL", "0.25")),
             metrics=env.get("LIVESALE_METRICS", "1") not in ("0", "false", "off"),
             sale_retention_s=int(env.get("LIVESALE_SALE_RETENTION_S", str(7 * 86400))),

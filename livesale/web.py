@@ -57,20 +57,19 @@ def current_user(request: web.Request) -> User:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-_SERIES: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+_SERIES: dict[tuple[str, str, int], tuple[m.DeferredCounter, m.DeferredHistogram]] = {}
 
 
-def _http_series(request: web.Request, status: int) -> tuple[Any, Any]:
-    """The request counter and latency histogram children of one (route, method, status): looked up
-    once, since `labels()` costs more than the update itself on the reserve path."""
+def _http_series(request: web.Request, status: int) -> tuple[m.DeferredCounter, m.DeferredHistogram]:
+    """The request counter and latency histogram of one (route, method, status), looked up once."""
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     key = (route, request.method, status)
     series = _SERIES.get(key)
     if series is None:
         series = _SERIES[key] = (
-            m.HTTP_REQUESTS.labels(route, request.method, str(status)),
-            m.HTTP_LATENCY.labels(route, request.method),
+            m.counter(m.HTTP_REQUESTS, route, request.method, str(status)),
+            m.histogram(m.HTTP_LATENCY, route, request.method),
         )
     return series
 

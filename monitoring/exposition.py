@@ -30,6 +30,7 @@ class _AllWorkers:
 
 
 def render() -> bytes:
+    m.flush()
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if path:
         registry = CollectorRegistry()
