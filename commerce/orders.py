@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from aiohttp import web
 
@@ -21,7 +22,7 @@ from livesale.codes import ErrorCode
 from livesale.errors import Conflict, Forbidden, LivesaleError, NotFound, PaymentDeclined, Unprocessable
 from livesale.redis_client import redis_errors
 from livesale.services import SERVICES, Services
-from livesale.web import error_response, json_response, read_json
+from livesale.web import error_response, json_bytes_response, json_response, read_json
 from monitoring import metrics as m
 
 ORDER_ID_RE = re.compile(r"^sa[0-9a-f]{12}\.[0-9a-f]{16}$")
@@ -114,10 +115,19 @@ async def reserve(request: web.Request) -> web.Response:
         view = order_view(r.order_id, r.status, r.quantity, info.price_cents, r.expires_ms, r.created_ms)
         return json_response(view, 201 if r.code == inventory.RESERVED else 200)
     # A spike is mostly refusals (sold out): they are answered here, with the body error_middleware
-    # would write, rather than raised through it.
-    return error_response(_refusal(r, qty))
+    # would write, rather than raised through it; the same refusal is encoded once.
+    if r.code == inventory.IDEM_CONFLICT:
+        return error_response(_refusal(r, qty))  # names the order: not shared
+    key = (r.code, qty, r.available if r.code == inventory.SOLD_OUT else 0)
+    body = _REFUSALS.get(key)
+    if body is None:
+        body = orjson.dumps(_refusal(r, qty).body())
+        if len(_REFUSALS) < 4096:
+            _REFUSALS[key] = body
+    return json_bytes_response(body, 409)
 
 
+_REFUSALS: dict[tuple[int, int, int], bytes] = {}  # (code, quantity, available) -> encoded 409 body
 _OUTCOMES: dict[int, m.DeferredCounter] = {}  # reserve outcome code -> its counter series
 _LATENCY = m.histogram(m.RESERVE_LATENCY)
 

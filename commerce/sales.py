@@ -27,10 +27,18 @@ LIMITS = {
 }
 
 
+_SECOND: list[Any] = [None, ""]  # the last whole second formatted, and its text (reserves share it)
+
+
 def iso_ms(ms: int | None) -> str | None:
+    """Epoch milliseconds as `2026-11-24T19:15:28.123Z`."""
     if not ms:
         return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    sec, milli = divmod(ms, 1000)
+    if _SECOND[0] != sec:
+        _SECOND[1] = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _SECOND[0] = sec
+    return f"{_SECOND[1]}.{milli:03d}Z"
 
 
 def parse_time(value: Any) -> int:

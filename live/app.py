@@ -17,11 +17,9 @@ from livesale.db import create_tables, make_engine
 from livesale.errors import Unavailable
 from livesale.redis_client import connect, redis_errors
 from livesale.services import SERVICES, Services
-from livesale.web import error_middleware, json_response
+from livesale.web import MAX_BODY, error_middleware, json_response
 from monitoring import exposition
 from monitoring import metrics as m
-
-MAX_BODY = 64 * 1024
 
 
 def create_app(settings: Settings) -> web.Application:

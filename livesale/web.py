@@ -30,8 +30,16 @@ _HTTP_CODES = {
 }
 
 
+MAX_BODY = 64 * 1024  # the app's client_max_size: a larger request body is 413 payload_too_large
+
+
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, headers=headers, content_type="application/json")
+
+
+def json_bytes_response(body: bytes, status: int = 200) -> web.Response:
+    """A response whose JSON body is already encoded (answers the hot path keeps ready)."""
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 def error_response(exc: LivesaleError) -> web.Response:
@@ -40,7 +48,14 @@ def error_response(exc: LivesaleError) -> web.Response:
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
-    body = await request.read()
+    content = request.content
+    length = request.content_length
+    if length is not None and length <= MAX_BODY and content.is_eof():
+        # The whole body has arrived with the headers (a small JSON body almost always does): take it
+        # as it is, without read()'s chunk loop.
+        body = content.read_nowait()
+    else:
+        body = await request.read()  # enforces client_max_size (413)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
