@@ -116,6 +116,7 @@ class Reserver:
         self._in_flight = 0
         self._max_in_flight = max_in_flight
         self._tasks: set[asyncio.Task[None]] = set()
+        self._idle: list[Any] = []  # the batcher's own Redis connections, not in use right now
         self.on_stock: Any = None  # callable(sale_id, available, held) after each batch
 
     def reserve(self, sale_id: str, user: str, key: str, quantity: int) -> asyncio.Future[Reservation]:
@@ -193,14 +194,15 @@ class Reserver:
         raise AssertionError("unreachable")
 
     async def _round_trip(self, packed: bytes, replies: int) -> list[Any]:
-        """Write pipelined commands on one pooled connection and read their replies, an error reply
-        as a value (what `pipeline.execute(raise_on_error=False)` does, without its per-call
-        machinery). A connection that fails is dropped and the batch tried once more on a fresh one,
+        """Write pipelined commands on one of the batcher's own connections and read their replies, an
+        error reply as a value (what `pipeline.execute(raise_on_error=False)` does, without its
+        per-call machinery). The batcher keeps up to `max_in_flight` connections of its own rather
+        than taking one from the shared pool per batch (the pool's lock and condition cost more than
+        the write). A connection that fails is dropped and the batch tried once more on a fresh one,
         as redis-py's own retry would; a script that did run then finds its buyers' idempotency keys
         and answers with the same orders."""
-        pool = self.redis.connection_pool
         for attempt in (0, 1):
-            conn = await pool.get_connection()
+            conn = self._idle.pop() if self._idle else self.redis.connection_pool.make_connection()
             try:
                 await conn.send_packed_command(packed, check_health=False)
                 out: list[Any] = []
@@ -209,21 +211,24 @@ class Reserver:
                         out.append(await conn.read_response())
                     except rx.ResponseError as exc:  # a reply; the connection is still in step
                         out.append(exc)
-                return out
             except (rx.ConnectionError, rx.TimeoutError):
                 await conn.disconnect()
                 if attempt:
                     raise
+                continue
             except BaseException:
-                await conn.disconnect()  # may be mid-reply: never hand it back in that state
+                await conn.disconnect()  # may be mid-reply: never reuse it in that state
                 raise
-            finally:
-                await pool.release(conn)
+            self._idle.append(conn)
+            return out
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.disconnect()
 
 
 async def pay(redis: aioredis.Redis, order_id: str, user: str, *, commit: bool) -> list[Any]:
