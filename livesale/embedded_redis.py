@@ -17,8 +17,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 
 def find_redis_server() -> str:
@@ -49,6 +51,16 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _preexec() -> Any:
+    """SIGTERM the server when we die, if we are on Linux and in the main thread. PR_SET_PDEATHSIG
+    fires when the *thread* that forked the child ends, so a server started from a worker thread
+    (`asyncio.to_thread(server.restart)`) would be killed as soon as that thread finished; there the
+    atexit hook and `stop()` are what stop it."""
+    if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread():
+        return _die_with_parent
+    return None
 
 
 class EmbeddedRedis:
@@ -89,10 +101,7 @@ class EmbeddedRedis:
         for _attempt in range(5):
             if not fixed_port:
                 self.port = free_port()
-            preexec = _die_with_parent if sys.platform.startswith("linux") else None
-            self.proc = subprocess.Popen(  # noqa: S603
-                self._args(binary), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=preexec
-            )
+            self._spawn(binary)
             if self._wait_ready(timeout):
                 atexit.register(self.stop)
                 return self
@@ -100,6 +109,11 @@ class EmbeddedRedis:
             if fixed_port:
                 break
         raise RuntimeError(f"embedded redis-server did not start; see {self.data_dir / 'redis.log'}")
+
+    def _spawn(self, binary: str) -> None:
+        self.proc = subprocess.Popen(  # noqa: S603
+            self._args(binary), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_preexec()
+        )
 
     def _wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -138,10 +152,7 @@ class EmbeddedRedis:
         """Start again on the same port and data dir (AOF replays what was acknowledged)."""
         self.stop()
         binary = find_redis_server()
-        preexec = _die_with_parent if sys.platform.startswith("linux") else None
-        self.proc = subprocess.Popen(  # noqa: S603
-            self._args(binary), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=preexec
-        )
+        self._spawn(binary)
         if not self._wait_ready(timeout):
             raise RuntimeError("embedded redis-server did not restart")
 
