@@ -19,7 +19,7 @@ from livesale.bus import meta_key
 from livesale.codes import ErrorCode
 from livesale.errors import Conflict, Forbidden, NotFound
 from livesale.services import SERVICES, Services
-from livesale.web import current_user, json_response, read_json
+from livesale.web import current_user, guarded, json_response, read_json
 
 
 async def _stream_owner(svc: Services, request: web.Request, stream_id: str) -> dict[str, Any]:
@@ -88,13 +88,13 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(_background)
     r = app.router
-    r.add_post("/api/products", catalog.create_product)
-    r.add_get("/api/products/{sku}", catalog.get_product_handler)
-    r.add_post("/api/streams/{id}/sales", create_sale)
-    r.add_post("/api/sales/{id}/orders", orders.reserve)  # first: the router tries /api/sales/* in order
-    r.add_get("/api/sales/{id}", get_sale)
-    r.add_post("/api/sales/{id}/start", start_sale)
-    r.add_post("/api/sales/{id}/end", end_sale)
-    r.add_get("/api/orders/{id}", orders.get_order)
-    r.add_post("/api/orders/{id}/pay", orders.pay)
-    r.add_post("/api/orders/{id}/cancel", orders.cancel)
+    r.add_post("/api/products", guarded(catalog.create_product))
+    r.add_get("/api/products/{sku}", guarded(catalog.get_product_handler))
+    r.add_post("/api/streams/{id}/sales", guarded(create_sale))
+    r.add_post("/api/sales/{id}/orders", guarded(orders.reserve))  # first: the router tries /api/sales/* in order
+    r.add_get("/api/sales/{id}", guarded(get_sale))
+    r.add_post("/api/sales/{id}/start", guarded(start_sale))
+    r.add_post("/api/sales/{id}/end", guarded(end_sale))
+    r.add_get("/api/orders/{id}", guarded(orders.get_order))
+    r.add_post("/api/orders/{id}/pay", guarded(orders.pay))
+    r.add_post("/api/orders/{id}/cancel", guarded(orders.cancel))

@@ -114,17 +114,17 @@ async def reserve(request: web.Request) -> web.Response:
     if r.code == inventory.RESERVED or r.code == inventory.DUPLICATE:
         view = order_view(r.order_id, r.status, r.quantity, info.price_cents, r.expires_ms, r.created_ms)
         return json_response(view, 201 if r.code == inventory.RESERVED else 200)
-    # A spike is mostly refusals (sold out): they are answered here, with the body error_middleware
+    # A spike is mostly refusals (sold out): they are answered here, with the body livesale.web.guarded
     # would write, rather than raised through it; the same refusal is encoded once.
     if r.code == inventory.IDEM_CONFLICT:
         return error_response(_refusal(r, qty))  # names the order: not shared
-    key = (r.code, qty, r.available if r.code == inventory.SOLD_OUT else 0)
-    body = _REFUSALS.get(key)
-    if body is None:
-        body = orjson.dumps(_refusal(r, qty).body())
+    shape = (r.code, qty, r.available if r.code == inventory.SOLD_OUT else 0)
+    encoded = _REFUSALS.get(shape)
+    if encoded is None:
+        encoded = orjson.dumps(_refusal(r, qty).body())
         if len(_REFUSALS) < 4096:
-            _REFUSALS[key] = body
-    return json_bytes_response(body, 409)
+            _REFUSALS[shape] = encoded
+    return json_bytes_response(encoded, 409)
 
 
 _REFUSALS: dict[tuple[int, int, int], bytes] = {}  # (code, quantity, available) -> encoded 409 body

@@ -21,7 +21,7 @@ from livesale.codes import ErrorCode
 from livesale.errors import Conflict, Forbidden, NotFound, Unprocessable
 from livesale.redis_client import LuaScript
 from livesale.services import SERVICES, Services
-from livesale.web import current_user, json_response, read_json
+from livesale.web import current_user, guarded, json_response, read_json
 
 _CAS = LuaScript(Path(__file__).with_name("stream_cas.lua"))
 
@@ -155,8 +155,8 @@ async def pin_product(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_post("/api/streams", create_stream)
-    app.router.add_get("/api/streams/{id}", get_stream)
-    app.router.add_post("/api/streams/{id}/start", start_stream)
-    app.router.add_post("/api/streams/{id}/end", end_stream)
-    app.router.add_post("/api/streams/{id}/pin", pin_product)
+    app.router.add_post("/api/streams", guarded(create_stream))
+    app.router.add_get("/api/streams/{id}", guarded(get_stream))
+    app.router.add_post("/api/streams/{id}/start", guarded(start_stream))
+    app.router.add_post("/api/streams/{id}/end", guarded(end_stream))
+    app.router.add_post("/api/streams/{id}/pin", guarded(pin_product))

@@ -17,7 +17,7 @@ from livesale.db import create_tables, make_engine
 from livesale.errors import Unavailable
 from livesale.redis_client import connect, redis_errors
 from livesale.services import SERVICES, Services
-from livesale.web import MAX_BODY, error_middleware, json_response
+from livesale.web import MAX_BODY, catch_all, guarded, json_response
 from monitoring import exposition
 from monitoring import metrics as m
 
@@ -25,7 +25,7 @@ from monitoring import metrics as m
 def create_app(settings: Settings) -> web.Application:
     if not settings.redis_url:
         raise ValueError("settings.redis_url is required (the CLI starts an embedded Redis when unset)")
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY)  # errors: livesale.web.guarded on each route
     m.ENABLED = settings.metrics
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -47,9 +47,10 @@ def create_app(settings: Settings) -> web.Application:
     live.api.setup(app)
     commerce.api.setup(app)
     realtime.setup(app, snapshot_source=live.api.snapshot_source)
-    app.router.add_get("/metrics", exposition.metrics_handler)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", guarded(exposition.metrics_handler))
+    app.router.add_get("/healthz", guarded(healthz))
+    app.router.add_get("/readyz", guarded(readyz))
+    catch_all(app)  # last: every path no route above matched
     return app
 
 

@@ -15,6 +15,7 @@ sale's series can really be removed (see exposition.py and monitoring/README.md)
 from __future__ import annotations
 
 import asyncio
+import os
 import warnings
 from bisect import bisect_left
 from collections.abc import Iterable
@@ -134,9 +135,10 @@ def retain_sales(open_sales: Iterable[str]) -> None:
 # --- hot-path series ------------------------------------------------------------------------------
 # prometheus-client takes a lock per update and walks a histogram's buckets in Python: about 1 us per
 # call, four calls per purchase request, which is a real share of a refused reserve. The reserve path
-# (and the HTTP middleware) update these stand-ins instead: plain additions, handed to the real
-# series in bulk at the end of the event-loop turn (and before every scrape), so a scrape never misses
-# a request that was answered before it (and --workers N sees every worker's counts the same way).
+# (and every route's HTTP metrics) update these stand-ins instead: plain additions, handed to the real
+# series in bulk at the end of the event-loop turn and before every scrape of this process, so a
+# scrape never misses a request that was answered before it. With --workers N they are not used
+# (see _DIRECT below).
 
 
 class _Deferred:
@@ -226,11 +228,18 @@ def flush() -> None:
         series.flush()
 
 
+# With several workers (prometheus-client's multiprocess mode, chosen when it is imported), each update
+# goes straight to the worker's mmap file: a scrape answered by another worker reads those files, and
+# must count every request already answered, with no loop turn to wait for.
+_DIRECT = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
 def _deferred(cls: type[_Deferred], metric: Any, labels: tuple[str, ...]) -> Any:
     key = (id(metric), labels)
     series = _series.get(key)
     if series is None:
-        series = _series[key] = cls(metric.labels(*labels) if labels else metric)  # type: ignore[call-arg]
+        child = metric.labels(*labels) if labels else metric
+        series = _series[key] = child if _DIRECT else cls(child)  # type: ignore[call-arg]
     return series
 
 

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from livesale.services import SERVICES, Services
+from livesale.web import guarded
 from realtime import moderation
 from realtime.handler import HUB, ws_handler
 from realtime.hub import Hub, HubConfig, SnapshotSource
@@ -41,5 +42,5 @@ def setup(app: web.Application, snapshot_source: SnapshotSource = _no_source,
 
     app.cleanup_ctx.append(hub_ctx)
     app.on_shutdown.append(on_shutdown)
-    app.router.add_get("/ws/streams/{id}", ws_handler)
+    app.router.add_get("/ws/streams/{id}", guarded(ws_handler))
     moderation.setup(app)

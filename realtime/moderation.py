@@ -16,7 +16,7 @@ from aiohttp import web
 from livesale.bus import log_key
 from livesale.errors import Forbidden, NotFound, Unprocessable
 from livesale.redis_client import redis_errors
-from livesale.web import current_user, json_response, read_json
+from livesale.web import current_user, guarded, json_response, read_json
 from monitoring import metrics as m
 from realtime import keys
 from realtime.handler import HUB
@@ -90,6 +90,6 @@ async def unmute(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_delete("/api/streams/{id}/comments/{comment_id}", delete_comment)
-    app.router.add_post("/api/streams/{id}/mutes", mute)
-    app.router.add_delete("/api/streams/{id}/mutes/{user}", unmute)
+    app.router.add_delete("/api/streams/{id}/comments/{comment_id}", guarded(delete_comment))
+    app.router.add_post("/api/streams/{id}/mutes", guarded(mute))
+    app.router.add_delete("/api/streams/{id}/mutes/{user}", guarded(unmute))

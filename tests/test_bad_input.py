@@ -118,6 +118,11 @@ async def test_hostile_requests_on_other_endpoints(api: Api) -> None:
     for method, path, tok, body, want, code in cases:
         st, got = await api.call(method, path, token=tok, json=body)
         assert (st, got["error"]) == (want, code), (method, path, got)
+    # A path that exists under other methods says which (Allow), in our error shape like any 405.
+    async with api.session.request("PUT", f"{api.server.url}/api/orders/{o['id']}/pay") as r:
+        assert r.status == 405 and r.content_type == "application/json"
+        assert set(r.headers["Allow"].split(",")) == {"POST"}
+        assert (await r.json())["error"] == "method_not_allowed"
     st, sale = await api.call("GET", f"/api/sales/{s['sale_id']}")
     assert (sale["available"], sale["held"], sale["sold"]) == (4, 1, 0)
     st, got = await api.call("GET", f"/api/orders/{o['id']}", token=vt)
