@@ -62,6 +62,7 @@ class Settings:
             writer_reclaim_ms=int(env.get("LIVESALE_WRITER_RECLAIM_MS", "30000")),
             reserve_in_flight=int(env.get("LIVESALE_RESERVE_IN_FLIGHT", "4")),
             writer_linger_ms=int(env.get("LIVESALE_WRITER_LINGER_MS", "100")),
+            writer_batch=int(env.get("LIVESALE_WRITER_BATCH", "500")),
             sweep_interval_s=float(env.get("LIVESALE_SWEEP_INTERVAL", "0.25")),
             metrics=env.get("LIVESALE_METRICS", "1") not in ("0", "false", "off"),
             sale_retention_s=int(env.get("LIVESALE_SALE_RETENTION_S", str(7 * 86400))),
