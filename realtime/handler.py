@@ -139,6 +139,10 @@ async def _command(hub: Hub, conn: Conn, cmd: protocol.Command | ProtocolError) 
         return None
     if conn.user is None:
         return ProtocolError(ErrorCode.UNAUTHENTICATED, "anonymous viewers may watch, not write")
+    if conn.user.exp <= time.time():
+        # The token was checked when the socket opened; once it expires the viewer keeps watching
+        # (as an anonymous viewer may) but no longer writes under that identity.
+        return ProtocolError(ErrorCode.UNAUTHENTICATED, "your token has expired; reconnect with a fresh one to write")
     if isinstance(cmd, Like):
         hub.likes.add(conn.stream_id, hub.like_cap.take(conn.user.id, cmd.count, time.monotonic()))
         return None

@@ -214,3 +214,25 @@ async def test_viewers_keep_receiving_after_redis_restarts(api: Api, redis_serve
             raise AssertionError("no comment came through after the restart")
         seen = of_type(await collect(watch, lambda ev: bool(of_type(ev, "comment"))), "comment")
         assert seen[0]["text"].startswith("back")
+
+
+async def test_expired_token_keeps_watching_but_cannot_write(api: Api) -> None:
+    """A token that expires while its socket is open: the viewer still gets events and pongs, but a
+    comment or like is answered with `unauthenticated` and reaches nobody."""
+    s = await api.setup_sale()
+    token = api.server.token("shortlived", ttl=2)
+    async with websockets.connect(ws_url(api.server, s["stream_id"], token)) as ws, \
+            viewer(api.server, s["stream_id"], "kim") as (kim, _):
+        await recv_events(ws)  # snapshot
+        await send(ws, {"type": "comment", "text": "before expiry"})
+        assert of_type(await collect(kim, lambda ev: bool(of_type(ev, "comment"))), "comment")[0]["user"] == "shortlived"
+        await asyncio.sleep(2.2)
+        await send(ws, {"type": "comment", "text": "after expiry"})
+        await send(ws, {"type": "like", "count": 3})
+        errors = of_type(await collect(ws, lambda ev: len(of_type(ev, "error")) >= 2), "error")
+        assert [e["code"] for e in errors[:2]] == ["unauthenticated", "unauthenticated"]
+        await send(kim, {"type": "comment", "text": "still here"})
+        seen = of_type(await collect(ws, lambda ev: bool(of_type(ev, "comment"))), "comment")
+        assert [c["text"] for c in seen] == ["still here"]  # watching goes on; its own comment never went out
+        await send(ws, {"type": "ping"})
+        assert of_type(await collect(ws, lambda ev: bool(of_type(ev, "pong"))), "pong")
