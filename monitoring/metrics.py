@@ -150,7 +150,8 @@ class _Deferred:
     def _touch(self) -> None:
         self.dirty = True
         _dirty.append(self)
-        if not _flush_scheduled[0]:
+        pending = _flush_on[0]
+        if pending is None or pending.is_closed():  # (a loop that closed never ran its flush)
             _schedule_flush()
 
     def flush(self) -> None:
@@ -204,8 +205,8 @@ class DeferredHistogram(_Deferred):
 
 
 _dirty: list[_Deferred] = []
-_flush_scheduled = [False]
-_series: dict[tuple[int, tuple[str, ...]], Any] = {}
+_flush_on: list[asyncio.AbstractEventLoop | None] = [None]  # the loop a flush is scheduled on
+_series: dict[tuple[Any, tuple[str, ...]], Any] = {}  # (metric object, labels) -> its series
 
 
 def _schedule_flush() -> None:
@@ -214,13 +215,13 @@ def _schedule_flush() -> None:
     except RuntimeError:  # not in the event loop (a script, a thread): no turn to wait for
         flush()
         return
-    _flush_scheduled[0] = True
+    _flush_on[0] = loop
     loop.call_soon(flush)
 
 
 def flush() -> None:
     """Hand every deferred update to prometheus-client (end of loop turn, and before a scrape)."""
-    _flush_scheduled[0] = False
+    _flush_on[0] = None
     dirty = _dirty[:]
     _dirty.clear()
     for series in dirty:
@@ -235,7 +236,7 @@ _DIRECT = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
 def _deferred(cls: type[_Deferred], metric: Any, labels: tuple[str, ...]) -> Any:
-    key = (id(metric), labels)
+    key = (metric, labels)  # the object itself, not id(): a collected metric's id can come back
     series = _series.get(key)
     if series is None:
         child = metric.labels(*labels) if labels else metric

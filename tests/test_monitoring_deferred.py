@@ -61,3 +61,27 @@ async def test_deferred_updates_reach_the_registry_by_the_end_of_the_loop_turn()
     series.inc(2)
     m.flush()
     assert reg.get_sample_value("t_turn_total", {"outcome": "a"}) == 3.0
+
+
+def test_a_loop_that_closed_before_its_flush_does_not_stall_the_next_one() -> None:
+    reg, c, _ = _pair("t_closed")
+    a, b = m.counter(c, "a"), m.counter(c, "b")
+
+    async def touch_and_leave() -> None:
+        a.inc()  # schedules a flush on this loop, which closes before running it
+        asyncio.get_running_loop().stop()
+
+    loop = asyncio.new_event_loop()
+    loop.create_task(touch_and_leave())
+    loop.run_forever()  # stops right after the task's step: the flush never runs here
+    loop.close()
+    assert reg.get_sample_value("t_closed_total", {"outcome": "a"}) == 0.0
+
+    async def next_loop() -> None:
+        b.inc()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    asyncio.run(next_loop())
+    assert reg.get_sample_value("t_closed_total", {"outcome": "a"}) == 1.0
+    assert reg.get_sample_value("t_closed_total", {"outcome": "b"}) == 1.0
