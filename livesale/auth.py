@@ -41,6 +41,7 @@ _PREFIX_LEN = len(_HS256_PREFIX)
 _FAST_CLAIMS = frozenset(("sub", "role", "iat", "exp"))
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+_B64URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
 class Verifier:
@@ -67,14 +68,18 @@ class Verifier:
             return None
         signing, _, sig = token.encode().rpartition(b".")
         payload = signing[_PREFIX_LEN:]
-        if not sig or b"." in payload:
+        # Only canonical unpadded base64url (what we mint): PyJWT rejects padding, stray characters and
+        # non-canonical encodings, so anything else is left to it.
+        if not sig or len(payload) % 4 == 1 or payload.translate(None, _B64URL_ALPHABET):
             return None
         mac = hmac.digest(self._key, signing, "sha256")
         if not hmac.compare_digest(sig, binascii.b2a_base64(mac, newline=False).translate(_TO_URLSAFE).rstrip(b"=")):
             return None
         try:
-            # Non-strict base64, as PyJWT decodes it; surplus padding is ignored.
-            claims = orjson.loads(binascii.a2b_base64(payload.translate(_FROM_URLSAFE) + b"=="))
+            raw = binascii.a2b_base64(payload.translate(_FROM_URLSAFE) + b"==")
+            if binascii.b2a_base64(raw, newline=False).translate(_TO_URLSAFE).rstrip(b"=") != payload:
+                return None  # unused bits set: not the canonical encoding
+            claims = orjson.loads(raw)
         except (ValueError, binascii.Error):
             return None
         if type(claims) is not dict or not claims.keys() <= _FAST_CLAIMS:
