@@ -10,6 +10,7 @@ request has to go").
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from redis import exceptions as rx
 
 from commerce import keys
 from livesale.errors import Unavailable
-from livesale.redis_client import REDIS_DOWN, LuaScript
+from livesale.redis_client import REDIS_DOWN, LuaScript, refuses_writes
 from monitoring import metrics as m
 
 _LUA = Path(__file__).with_name("lua")
@@ -44,6 +45,7 @@ OUTCOME = {
     NOT_ACTIVE: "not_active",
     IDEM_CONFLICT: "conflict",
 }
+log = logging.getLogger("livesale.inventory")
 _BATCH = m.histogram(m.RESERVE_BATCH)
 MAX_PER_CALL = 256  # buyers per EVALSHA: bounds how long one script blocks Redis
 
@@ -170,18 +172,26 @@ class Reserver:
         if m.ENABLED:
             _BATCH.observe(sum(len(ops) for _, ops in calls))
         for (sale_id, ops), res in zip(calls, results, strict=True):
-            if isinstance(res, Exception) or int(res[0]) == -1:
-                exc2: Exception = res if isinstance(res, Exception) else UnknownSale(sale_id)
+            try:
+                if isinstance(res, Exception) or int(res[0]) == -1:
+                    exc2: Exception = res if isinstance(res, Exception) else UnknownSale(sale_id)
+                    if refuses_writes(exc2):
+                        exc2 = Unavailable(f"redis refuses writes: {exc2}")
+                    for op in ops:
+                        if not op[1].done():
+                            op[1].set_exception(exc2)
+                    continue
+                available, held = int(res[0]), int(res[1])
+                for op, raw in zip(ops, res[2:], strict=True):
+                    if not op[1].done():
+                        op[1].set_result(_parse(raw, available))
+                if self.on_stock is not None:
+                    self.on_stock(sale_id, available, held)
+            except Exception as exc:  # a reply we cannot read: its buyers get an error, never silence
+                log.error("unreadable reserve reply for sale %s: %r", sale_id, exc)
                 for op in ops:
                     if not op[1].done():
-                        op[1].set_exception(exc2)
-                continue
-            available, held = int(res[0]), int(res[1])
-            for op, raw in zip(ops, res[2:], strict=True):
-                if not op[1].done():
-                    op[1].set_result(_parse(raw, available))
-            if self.on_stock is not None:
-                self.on_stock(sale_id, available, held)
+                        op[1].set_exception(exc)
 
     async def _execute(self, calls: Sequence[tuple[str, list[_Op]]]) -> list[Any]:
         for attempt in (0, 1):
@@ -231,9 +241,11 @@ class Reserver:
             await conn.disconnect()
 
 
-async def pay(redis: aioredis.Redis, order_id: str, user: str, *, commit: bool) -> list[Any]:
+async def pay(redis: aioredis.Redis, order_id: str, user: str, *, charge: str = "") -> list[Any]:
+    """Check (no charge id) or commit (with the charge that paid) an order's payment."""
     sale_id = keys.sale_of_order(order_id)
-    return await PAY(redis, keys.sale_keys(sale_id), [order_id, user, "commit" if commit else "check"])  # type: ignore[return-value]
+    args: list[object] = [order_id, user, "commit", charge] if charge else [order_id, user, "check"]
+    return await PAY(redis, keys.sale_keys(sale_id), args)  # type: ignore[return-value]
 
 
 async def cancel(redis: aioredis.Redis, order_id: str, user: str) -> list[Any]:

@@ -188,7 +188,7 @@ async def pay(request: web.Request) -> web.Response:
     if not isinstance(method, str) or not method:
         raise Unprocessable("payment_method is required, e.g. pm_card_visa")
     with redis_errors():
-        r = await inventory.pay(svc.redis, order_id, user.id, commit=False)
+        r = await inventory.pay(svc.redis, order_id, user.id)
     if r[0] == -1:
         raise NotFound(f"no order {order_id!r}")
     if r[0] == -2:
@@ -206,9 +206,15 @@ async def pay(request: web.Request) -> web.Response:
             m.PAYMENTS.labels("declined").inc()
         raise PaymentDeclined(f"the card was declined ({charge.decline_code}); the hold stays until it expires")
     with redis_errors():
-        r = await inventory.pay(svc.redis, order_id, user.id, commit=True)
+        r = await inventory.pay(svc.redis, order_id, user.id, charge=charge.id)
+    paid_by = r[2].decode() if r[0] == -2 and len(r) > 2 else None
+    if paid_by == charge.id:
+        # A double tap: the other request committed this same charge (the provider is idempotent
+        # per order and card). The order is paid by it; it must not be refunded.
+        r = [0, b"paid"]
     if r[0] != 0:
-        # The hold lapsed while the provider was charging: give the money back.
+        # The hold lapsed while the provider was charging, or another card paid first: give this
+        # charge back.
         await com.provider.refund(charge.id)
         if m.ENABLED:
             m.PAYMENTS.labels("refunded").inc()

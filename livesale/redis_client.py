@@ -12,6 +12,15 @@ from redis import exceptions as rx
 from livesale.errors import Unavailable
 
 REDIS_DOWN = (rx.ConnectionError, rx.TimeoutError, ConnectionError, OSError, rx.BusyLoadingError)
+# Replies of a Redis that answers but will not write now (memory full, a replica after failover, an AOF
+# it cannot write, a script running too long): a 503 to retry, not a 500.
+_REFUSING = ("OOM ", "READONLY ", "MISCONF ", "BUSY ", "MASTERDOWN ", "NOREPLICAS ")
+
+
+def refuses_writes(exc: BaseException) -> bool:
+    if isinstance(exc, (rx.ReadOnlyError, rx.OutOfMemoryError)):
+        return True
+    return isinstance(exc, rx.ResponseError) and str(exc).startswith(_REFUSING)
 
 
 def connect(url: str, *, max_connections: int = 100) -> aioredis.Redis:
@@ -31,11 +40,15 @@ def connect(url: str, *, max_connections: int = 100) -> aioredis.Redis:
 
 @contextlib.contextmanager
 def redis_errors() -> Iterator[None]:
-    """Map a lost Redis to 503 `unavailable` (never a guessed answer)."""
+    """Map a lost Redis (or one refusing writes) to 503 `unavailable` (never a guessed answer)."""
     try:
         yield
     except REDIS_DOWN as exc:
         raise Unavailable(f"redis unreachable: {exc.__class__.__name__}") from exc
+    except rx.ResponseError as exc:
+        if refuses_writes(exc):
+            raise Unavailable(f"redis refuses writes: {str(exc)[:80]}") from exc
+        raise
 
 
 class LuaScript:

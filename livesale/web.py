@@ -15,7 +15,7 @@ from aiohttp import web
 from livesale.auth import User
 from livesale.codes import ErrorCode
 from livesale.errors import BadRequest, LivesaleError, Unavailable
-from livesale.redis_client import REDIS_DOWN
+from livesale.redis_client import REDIS_DOWN, refuses_writes
 from livesale.services import SERVICES
 from monitoring import metrics as m
 
@@ -106,9 +106,12 @@ def guarded(handler: Handler, route: str | None = None) -> Handler:
             if m.ENABLED:
                 m.REDIS_ERRORS.labels("http").inc()
             resp = error_response(Unavailable(f"redis unreachable: {exc.__class__.__name__}"))
-        except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.path)
-            resp = json_response({"error": "internal", "message": "internal server error"}, 500)
+        except Exception as exc:
+            if refuses_writes(exc):
+                resp = error_response(Unavailable(f"redis refuses writes: {str(exc)[:80]}"))
+            else:
+                log.exception("unhandled error on %s %s", request.method, request.path)
+                resp = json_response({"error": "internal", "message": "internal server error"}, 500)
         if m.ENABLED:
             key = (request.method, resp.status)
             pair = series.get(key)
