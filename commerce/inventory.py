@@ -223,6 +223,11 @@ class Reserver:
                         out.append(exc)
             except (rx.ConnectionError, rx.TimeoutError):
                 await conn.disconnect()
+                # The others idle since before the failure are most likely dead too (a restarted
+                # Redis): the retry goes out on a fresh connection.
+                stale, self._idle = self._idle, []
+                for other in stale:
+                    await other.disconnect()
                 if attempt:
                     raise
                 continue

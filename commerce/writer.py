@@ -98,7 +98,9 @@ class OrderWriter:
         return [
             (oid.decode(), sale_id, f[b"u"].decode(), f[b"k"].decode(), int(f[b"q"]), int(f[b"a"]),
              f[b"e"].decode(), version, when(f[b"c"]), when(f[b"t"]))
-            for oid, (version, sale_id, f) in latest.items()
+            # In id order: two writers upserting overlapping orders lock rows in the same order
+            # (PostgreSQL would otherwise deadlock one of them).
+            for oid, (version, sale_id, f) in sorted(latest.items())
         ]
 
     @classmethod
