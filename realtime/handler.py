@@ -124,6 +124,8 @@ async def _receive(hub: Hub, conn: Conn, ws: web.WebSocketResponse) -> None:
         conn.send_now(protocol.encode_error(err.code, err.message))
         if m.ENABLED:
             m.WS_CLIENT_ERRORS.labels(str(err.code)).inc()
+        if err.code not in protocol.INVALID_FRAME_CODES:
+            continue
         if flood is None:
             flood = FloodGuard()
         if flood.hit(time.monotonic()):

@@ -66,3 +66,15 @@ async def test_join_during_the_drops_unsubscribe_still_receives_events(api: Api,
         await send(ws, {"type": "comment", "text": "anyone there?"})
         got = await collect(ws, lambda ev: bool(of_type(ev, "comment")), wait=3)
         assert of_type(got, "comment")[0]["text"] == "anyone there?"
+
+
+
+async def test_anonymous_viewer_tapping_like_is_not_kicked(api: Api) -> None:
+    """Likes from an anonymous viewer are well-formed frames: error `unauthenticated`, but no 4029 close."""
+    s = await api.setup_sale()
+    async with viewer(api.server, s["stream_id"]) as (ws, _):
+        for _ in range(25):
+            await send(ws, {"type": "like", "count": 1})
+        await send(ws, {"type": "ping"})
+        got = await collect(ws, lambda ev: bool(of_type(ev, "pong")), wait=5)
+        assert all(e["code"] == "unauthenticated" for e in of_type(got, "error"))
