@@ -4,11 +4,18 @@ not bad frames, replies written past the outbound bound, and sockets to unknown 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import os
+import socket
+import struct
 
 import pytest
 
+from livesale.codes import CloseCode
 from realtime import HUB
 from realtime import state as rstate
+from realtime.conn import Conn
 from tests.helpers import Api
 from tests.test_realtime_ws import collect, of_type, send, viewer
 
@@ -17,7 +24,7 @@ async def test_rejoin_while_room_is_being_dropped_still_receives_events(api: Api
     """A viewer who joins while the idle room is being dropped must still get the stream's events."""
     s = await api.setup_sale()
     sid = s["stream_id"]
-    hub = api.server.app[HUB]
+    hub = api.server.app[HUB]  # type: ignore[index]
     hub.cfg.unsubscribe_grace_s = 0.0
     real = rstate.report_viewers
     dropping = asyncio.Event()
@@ -44,7 +51,7 @@ async def test_join_during_the_drops_unsubscribe_still_receives_events(api: Api,
     """A viewer who joins while the drop's UNSUBSCRIBE is in flight gets a room subscribed after it."""
     s = await api.setup_sale()
     sid = s["stream_id"]
-    hub = api.server.app[HUB]
+    hub = api.server.app[HUB]  # type: ignore[index]
     hub.cfg.unsubscribe_grace_s = 0.0
     assert hub._pubsub is not None
     real = hub._pubsub.unsubscribe
@@ -78,3 +85,69 @@ async def test_anonymous_viewer_tapping_like_is_not_kicked(api: Api) -> None:
         await send(ws, {"type": "ping"})
         got = await collect(ws, lambda ev: bool(of_type(ev, "pong")), wait=5)
         assert all(e["code"] == "unauthenticated" for e in of_type(got, "error"))
+
+
+async def test_ping_flood_from_a_non_reading_client_is_bounded(api: Api) -> None:
+    """A client that sends pings but never reads its pongs stays within the outbound bound and is
+    closed as a slow consumer (aiohttp's heartbeat never fires: data keeps arriving)."""
+    s = await api.setup_sale()
+    sid = s["stream_id"]
+    hub = api.server.app[HUB]  # type: ignore[index]
+    hub.cfg.slow_close_s = 0.5
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", api.server.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /ws/streams/{sid} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    await asyncio.sleep(0.5)  # handshake + snapshot sit unread in our tiny receive buffer
+    (conn,) = hub.rooms[sid].conns
+    payload = b'{"type":"ping"}'
+    frame = struct.pack("!BB", 0x81, 0x80 | len(payload)) + b"\0\0\0\0" + payload  # zero mask
+    chunk = frame * 20_000
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    peak = 0
+    try:
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(15):
+                for _ in range(25):  # up to 500k pings, ~10 MB up
+                    await loop.sock_sendall(sock, chunk)
+                    peak = max(peak, conn.transport.get_write_buffer_size())
+        await asyncio.sleep(0.5)
+        peak = max(peak, conn.transport.get_write_buffer_size())
+        assert peak <= hub.cfg.outbound_bytes + 64 * 1024, peak
+        assert conn.closed  # the 4008 path, as for a viewer that does not read broadcasts
+    finally:
+        sock.close()
+
+
+class _StuckTransport:
+    """A transport whose peer reads nothing: every write stays in its buffer."""
+
+    def __init__(self) -> None:
+        self.buffered = 0
+
+    def write(self, data: bytes) -> None:
+        self.buffered += len(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_send_now_stops_at_the_bound_and_closes_a_peer_that_stays_over_it() -> None:
+    """Replies stop once the unread bytes pass the bound; still over after slow_close_s: close 4008."""
+    closes: list[CloseCode] = []
+    transport = _StuckTransport()
+    conn = Conn(None, transport, None, "s", 1000, 0.05, lambda _c, code: closes.append(code))  # type: ignore[arg-type]
+    while transport.buffered <= 1000:
+        conn.send_now(b'{"type":"pong"}')
+    stuck_at = transport.buffered
+    conn.send_now(b'{"type":"pong"}')
+    assert transport.buffered == stuck_at and not closes
+    await asyncio.sleep(0.1)
+    conn.send_now(b'{"type":"pong"}')
+    assert transport.buffered == stuck_at and closes == [CloseCode.SLOW_CONSUMER]
