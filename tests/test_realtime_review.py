@@ -11,13 +11,15 @@ import socket
 import struct
 
 import pytest
+import redis.asyncio as aioredis
+import websockets
 
 from livesale.codes import CloseCode
 from realtime import HUB
 from realtime import state as rstate
 from realtime.conn import Conn
 from tests.helpers import Api
-from tests.test_realtime_ws import collect, of_type, send, viewer
+from tests.test_realtime_ws import closed_code, collect, of_type, send, viewer, ws_url
 
 
 async def test_rejoin_while_room_is_being_dropped_still_receives_events(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,3 +153,20 @@ async def test_send_now_stops_at_the_bound_and_closes_a_peer_that_stays_over_it(
     await asyncio.sleep(0.1)
     conn.send_now(b'{"type":"pong"}')
     assert transport.buffered == stuck_at and closes == [CloseCode.SLOW_CONSUMER]
+
+
+
+async def test_unknown_stream_leaves_no_redis_keys(api: Api) -> None:
+    """An anonymous socket to a made-up stream id is closed 4504 and leaves no Redis state behind."""
+    sid = "nope" + os.urandom(6).hex()
+    async with websockets.connect(ws_url(api.server, sid)) as ws:
+        assert await closed_code(ws) == CloseCode.NO_SUCH_STREAM
+    assert sid not in api.server.app[HUB].rooms  # type: ignore[index]  # never joined: no SUBSCRIBE
+    await asyncio.sleep(2.5)  # a viewers tick or two
+    r = aioredis.Redis.from_url(api.server.settings.redis_url)
+    try:
+        leftovers = [k async for k in r.scan_iter(match=f"*{sid}*")]
+        ttls = {k: await r.pttl(k) for k in leftovers}
+    finally:
+        await r.aclose()
+    assert not leftovers, ttls
