@@ -170,3 +170,14 @@ async def test_unknown_stream_leaves_no_redis_keys(api: Api) -> None:
     finally:
         await r.aclose()
     assert not leftovers, ttls
+
+
+async def test_last_viewer_leaving_deletes_the_viewers_total(api: Api) -> None:
+    """Once no process reports viewers of a stream, its viewers total key is gone, not a 24 h zero."""
+    s = await api.setup_sale()
+    sid = s["stream_id"]
+    hub = api.server.app[HUB]  # type: ignore[index]
+    async with viewer(api.server, sid):
+        pass
+    assert await rstate.report_viewers(hub.svc.redis, sid, hub.proc, 0, 0) == 0
+    assert not await hub.svc.redis.exists(f"{{stream:{sid}}}:viewers", f"{{stream:{sid}}}:viewer_procs")
