@@ -88,19 +88,26 @@ class Conn:
                 return True
             batch = fresh
         if self.ready and not self.queue and self.transport.get_write_buffer_size() < TRANSPORT_HIGH:
+            self.over_since = None  # drained: a slow spell only send_now saw has ended
             self.transport.write(batch.wire)
             return True
         self.queue.append(batch)
         self.queued += len(batch.wire)
         if self.queued > self.bound:
             self._shed(now)
-            if self.over_since is None:
-                self.over_since = now
-            elif now - self.over_since > self.slow_close_s:
-                self.close(CloseCode.SLOW_CONSUMER)
+            if self._too_slow(now):
                 return False
         if self.ready and self.writer is None:
             self.writer = asyncio.get_running_loop().create_task(self._write_backlog())
+        return False
+
+    def _too_slow(self, now: float) -> bool:
+        """Over the bound now: start the slow spell, or close 4008 once it lasted `slow_close_s`."""
+        if self.over_since is None:
+            self.over_since = now
+        elif now - self.over_since > self.slow_close_s:
+            self.close(CloseCode.SLOW_CONSUMER)
+            return True
         return False
 
     def _shed(self, now: float) -> None:
@@ -158,9 +165,15 @@ class Conn:
             self.writer = None
 
     def send_now(self, payload: bytes) -> None:
-        """A reply to this viewer alone (error, pong, snapshot): tiny, written at once."""
-        if not self.closed and not self.transport.is_closing():
-            self.transport.write(protocol.text_frame(payload))
+        """A reply to this viewer alone (error, pong, snapshot): tiny, written at once. A peer that
+        left more than the bound unread gets no more replies and is on the 4008 path like a viewer
+        that does not read broadcasts: one that sends pings and never reads must not grow our memory."""
+        if self.closed or self.transport.is_closing():
+            return
+        if self.transport.get_write_buffer_size() > self.bound:
+            self._too_slow(asyncio.get_running_loop().time())
+            return
+        self.transport.write(protocol.text_frame(payload))
 
     def close(self, code: CloseCode) -> None:
         if self.closed:

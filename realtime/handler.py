@@ -13,7 +13,7 @@ import time
 import orjson
 from aiohttp import WSMsgType, web
 
-from livesale.bus import now_ms
+from livesale.bus import meta_key, now_ms
 from livesale.codes import CloseCode, ErrorCode
 from livesale.errors import Unauthorized
 from livesale.redis_client import REDIS_DOWN
@@ -62,6 +62,9 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     conn = Conn(ws, transport, user, stream_id, cfg.outbound_bytes, cfg.slow_close_s, hub.close_conn)  # type: ignore[arg-type]
     try:
         try:
+            # Before joining: a room for a made-up id would SUBSCRIBE and report viewers to Redis.
+            if not await svc.redis.exists(meta_key(stream_id)):
+                return await _reject(ws, CloseCode.NO_SUCH_STREAM, "no such stream")
             await hub.join(conn)
             async with hub.connecting:  # a reconnect storm must not take every Redis connection at once
                 found = await _first_frames(hub, conn, _since(request.query.get("since")))
@@ -124,6 +127,8 @@ async def _receive(hub: Hub, conn: Conn, ws: web.WebSocketResponse) -> None:
         conn.send_now(protocol.encode_error(err.code, err.message))
         if m.ENABLED:
             m.WS_CLIENT_ERRORS.labels(str(err.code)).inc()
+        if err.code not in protocol.INVALID_FRAME_CODES:
+            continue
         if flood is None:
             flood = FloodGuard()
         if flood.hit(time.monotonic()):

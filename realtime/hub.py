@@ -238,13 +238,25 @@ class Hub:
 
     async def _drop_idle_rooms(self) -> None:
         now = time.monotonic()
+        assert self._pubsub is not None
         for sid, room in list(self.rooms.items()):
-            if room.drop_at is not None and room.drop_at <= now and not room.conns:
+            if room.drop_at is None or room.drop_at > now or room.conns:
+                continue
+            async with self._pubsub_lock:
+                # Checked again once the lock is ours: a viewer may have joined (or a new room been
+                # made) while we waited. From `del` on, a join makes a new room whose SUBSCRIBE queues
+                # behind this lock, so it goes out after our UNSUBSCRIBE, never before it.
+                if self.rooms.get(sid) is not room or room.conns or room.drop_at is None:
+                    continue
                 del self.rooms[sid]
+                await self._pubsub.unsubscribe(channel(sid))
+            try:
                 await state.report_viewers(self.svc.redis, sid, self.proc, 0, 0)
-                assert self._pubsub is not None
-                async with self._pubsub_lock:
-                    await self._pubsub.unsubscribe(channel(sid))
+            except REDIS_DOWN:
+                # The entry expires on its own (viewers_ttl_s); the other rooms still get dropped.
+                raise_if_cancelling()
+                if m.ENABLED:
+                    m.REDIS_ERRORS.labels("ws_viewers").inc()
 
     def close_conn(self, conn: Conn, code: CloseCode) -> None:
         """Conn.on_close: count it, stop delivering to it, send the close frame in the background."""

@@ -45,6 +45,13 @@ class ProtocolError:
 Command = Comment | Like | Ping
 PING = Ping()
 
+# Errors that mean the frame itself was bad: only these count toward the 4029 flood close (DESIGN.md
+# "more than 20 invalid frames in 10 s"). A well-formed frame refused for who sent it or when
+# (`unauthenticated`, `muted`, `rate_limited`, `unavailable`) is not a flood: an anonymous viewer
+# tapping like must not be closed, reconnect, and tap again.
+INVALID_FRAME_CODES = frozenset({ErrorCode.INVALID_FRAME, ErrorCode.UNKNOWN_TYPE, ErrorCode.INVALID_COMMENT,
+                                 ErrorCode.INVALID_LIKE})
+
 
 def parse(frame: bytes | str) -> Command | ProtocolError:
     """One client text frame -> a command, or the documented error for it."""
