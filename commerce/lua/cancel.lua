@@ -6,13 +6,7 @@ if not o[1] or o[2] ~= user then return {-1} end
 if o[1] ~= 'reserved' then return {-2, o[1]} end
 local now = now_ms()
 local price = tonumber(redis.call('HGET', KEYS[1], 'price_cents'))
-if now >= tonumber(o[3]) then
-  -- A hold past its expiry is expired here and then (as pay does), not cancelled.
-  local units = release(oid, 'expired', price, now)
-  redis.call('HINCRBY', KEYS[1], 'available', units)
-  redis.call('HINCRBY', KEYS[1], 'held', -units)
-  return {-2, 'expired'}
-end
+if expire_if_lapsed(oid, o[3], price, now) then return {-2, 'expired'} end  -- not cancelled
 local units = release(oid, 'cancelled', price, now)
 local available = redis.call('HINCRBY', KEYS[1], 'available', units)
 redis.call('HINCRBY', KEYS[1], 'held', -units)

@@ -39,6 +39,16 @@ local function release(oid, new_status, price, now)
 end
 
 -- Expire up to `limit` holds that are due; returns {orders expired, units returned}.
+-- A reserved order whose hold is past its expiry is expired here and then (pay and cancel do not
+-- wait for the sweeper). Returns true when it was.
+local function expire_if_lapsed(oid, expires, price, now)
+  if now < tonumber(expires) then return false end
+  local units = release(oid, 'expired', price, now)
+  redis.call('HINCRBY', KEYS[1], 'available', units)
+  redis.call('HINCRBY', KEYS[1], 'held', -units)
+  return true
+end
+
 local function expire_due(price, now, limit)
   local due = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, limit)
   local units = 0

@@ -11,12 +11,7 @@ if o[1] ~= 'reserved' then
 end
 local now = now_ms()
 local price = tonumber(redis.call('HGET', KEYS[1], 'price_cents'))
-if now >= tonumber(o[4]) then
-  local units = release(oid, 'expired', price, now)
-  redis.call('HINCRBY', KEYS[1], 'available', units)
-  redis.call('HINCRBY', KEYS[1], 'held', -units)
-  return {-2, 'expired'}
-end
+if expire_if_lapsed(oid, o[4], price, now) then return {-2, 'expired'} end
 if ARGV[3] == 'check' then return {0, 'ok'} end
 local qty = tonumber(o[3])
 redis.call('HSET', KEYS[4], 's:' .. oid, 'paid', 'ch:' .. oid, ARGV[4] or '')
