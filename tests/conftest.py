@@ -7,12 +7,25 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import sys
+import traceback
+
 import pytest
 import redis as syncredis
 
 from livesale.config import Settings
 from livesale.embedded_redis import EmbeddedRedis
 from tests.helpers import Api, LiveServer, start_app_server
+
+# CPython 3.11.0-3.11.7 keeps ast.parse's recursion-depth count in one global (python/cpython#106905,
+# fixed in 3.11.8): an ast.parse that runs inside another one fails the outer with "SystemError: AST
+# constructor recursion depth mismatch". Formatting a traceback calls ast.parse (for its ~~~^^^
+# markers), and asyncio logs one, with its traceback, when the garbage collector drops a future
+# whose exception nobody retrieved; a collection that lands inside any ast.parse (pytest's assertion
+# rewriter, hypothesis reading a test's source) then fails whatever test is running. In this process
+# only, tracebacks go without the markers on those versions.
+if sys.version_info < (3, 11, 8):
+    traceback._extract_caret_anchors_from_line_segment = lambda segment: None  # type: ignore[attr-defined]
 
 SECRET = "test-secret-not-for-production-0123456789"
 

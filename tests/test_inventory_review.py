@@ -38,9 +38,10 @@ async def test_cancel_of_a_lapsed_hold_expires_it(redis_url: str) -> None:
     assert c[0] == -2 and status == "expired", (c, status)
 
 
-async def test_one_bad_reply_does_not_leave_other_buyers_waiting(redis_url: str) -> None:
-    """An exception while parsing one call's replies escapes Reserver._send after its try block:
-    every later future of the batch (here: another sale's buyer) is never resolved."""
+async def test_orphaned_idempotency_entry_answers_and_leaves_no_buyer_waiting(redis_url: str) -> None:
+    """An idempotency entry whose order is gone used to give a reply Reserver could not parse ({5, oid}
+    with no quantity); the exception escaped Reserver._send after its try block and every later buyer
+    of the batch (here: another sale's) was never answered. Now the entry means the sale is over."""
     r = connect(redis_url)
     a, b = "sa00000000000a", "sa00000000000b"
     await _sale(r, a)
@@ -60,6 +61,8 @@ async def test_one_bad_reply_does_not_leave_other_buyers_waiting(redis_url: str)
     await res.close()
     await r.aclose()
     assert not pending, "a buyer of another sale never got an answer"
+    assert f1.result().code == inventory.NOT_ACTIVE
+    assert f2.result().code == inventory.RESERVED
 
 
 async def test_reserve_when_redis_refuses_writes(api: Api, redis_url: str) -> None:

@@ -20,7 +20,11 @@ for i = 0, n - 1 do
   local existing = redis.call('HGET', KEYS[3], ikey)
   if existing then
     local o = redis.call('HMGET', KEYS[4], 'q:' .. existing, 's:' .. existing, 'e:' .. existing, 'c:' .. existing)
-    if tonumber(o[1]) ~= qty then
+    if not o[1] then
+      -- The order is gone but its key is not (the retention EXPIREs of an ended sale's keys land in
+      -- different milliseconds): the sale is over.
+      out[#out + 1] = {4}
+    elseif tonumber(o[1]) ~= qty then
       out[#out + 1] = {5, existing, tonumber(o[1])}
     else
       out[#out + 1] = {1, existing, qty, o[2], tonumber(o[3]), tonumber(o[4])}
