@@ -95,7 +95,9 @@ class Conn:
         self.queued += len(batch.wire)
         if self.queued > self.bound:
             self._shed(now)
-            if self._too_slow(now):
+            # Before its snapshot a viewer has been sent nothing it could be slow to read (it may be
+            # waiting for a snapshot slot in a reconnect storm): shed, but do not count it as slow.
+            if self.ready and self._too_slow(now):
                 return False
         if self.ready and self.writer is None:
             self.writer = asyncio.get_running_loop().create_task(self._write_backlog())
@@ -138,6 +140,7 @@ class Conn:
     def start(self, min_seq: int) -> None:
         """The snapshot or replay is out: release what arrived meanwhile, minus what it already held."""
         self.min_seq = min_seq
+        self.over_since = None
         if self.queue:
             self._requeue(tuple(i for b in self.queue if (f := b.after(min_seq)) is not None for i in f.items))
         self.ready = True

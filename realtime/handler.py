@@ -161,7 +161,7 @@ async def _comment(hub: Hub, conn: Conn, cmd: Comment) -> ProtocolError | None:
         return err
     uid = conn.user.id
     try:
-        if await hub.svc.redis.exists(keys.muted(uid)):
+        if await hub.svc.redis.exists(keys.muted(conn.stream_id, uid)):
             return ProtocolError(ErrorCode.MUTED, "you are muted")
         if not hub.comment_limit.allow(uid, time.monotonic()):
             return ProtocolError(ErrorCode.RATE_LIMITED, "too many comments; slow down")

@@ -16,6 +16,6 @@ def viewer_procs(stream_id: str) -> str:
     return f"{{stream:{stream_id}}}:viewer_procs"
 
 
-def muted(user_id: str) -> str:
-    """Set while a user is muted (global, with an optional TTL)."""
-    return f"{{user:{user_id}}}:muted"
+def muted(stream_id: str, user_id: str) -> str:
+    """Set while a user is muted on a stream (seen by every process; with an optional TTL)."""
+    return f"{{stream:{stream_id}}}:muted:{user_id}"

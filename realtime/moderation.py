@@ -1,8 +1,9 @@
 """Moderation over HTTP: delete a comment, mute and unmute a user (docs/realtime.md).
 
-Moderators and admins may moderate any stream; a stream's host may moderate their own. Mutes are
-global (one Redis key per user, optionally expiring); muted users' comments get an `error` event
-with code `muted`.
+Moderators and admins may moderate any stream; a stream's host may moderate their own. A mute holds
+on the stream it was made on, in every process (one Redis key per stream and user, optionally
+expiring): a host cannot silence a user on other hosts' streams. Muted users' comments there get an
+`error` event with code `muted`.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ async def delete_comment(request: web.Request) -> web.Response:
 
 
 async def mute(request: web.Request) -> web.Response:
-    await _authorize(request)
+    stream_id = await _authorize(request)
     body = await read_json(request)
     user = body.get("user")
     duration = body.get("duration_s")
@@ -73,7 +74,7 @@ async def mute(request: web.Request) -> web.Response:
         raise Unprocessable(f"duration_s must be an integer 1-{MAX_MUTE_S} (omit it to mute until unmuted)")
     svc = request.app[HUB].svc
     with redis_errors():
-        await svc.redis.set(keys.muted(user), b"1", ex=duration)
+        await svc.redis.set(keys.muted(stream_id, user), b"1", ex=duration)
     until = None
     if duration is not None:
         until = datetime.fromtimestamp(datetime.now(UTC).timestamp() + duration, UTC).isoformat().replace("+00:00", "Z")
@@ -81,11 +82,11 @@ async def mute(request: web.Request) -> web.Response:
 
 
 async def unmute(request: web.Request) -> web.Response:
-    await _authorize(request)
+    stream_id = await _authorize(request)
     user = request.match_info["user"]
     svc = request.app[HUB].svc
     with redis_errors():
-        await svc.redis.delete(keys.muted(user))
+        await svc.redis.delete(keys.muted(stream_id, user))
     return json_response({"user": user, "muted": False})
 
 

@@ -143,3 +143,22 @@ async def test_muted_users_comments_are_refused(api: Api) -> None:
         await send(mal, {"type": "comment", "text": "back"})
         got = of_type(await collect(watch, lambda ev: bool(of_type(ev, "comment"))), "comment")
         assert [c["text"] for c in got] == ["back"]  # the muted comment never went out
+
+
+async def test_a_mute_holds_on_its_own_stream_only(api: Api) -> None:
+    """A host mutes a user on their stream: the user can still comment on another host's stream, and
+    that host cannot lift (or make) mutes on the first one."""
+    a = await api.setup_sale(host="host-a")
+    b = await api.setup_sale(host="host-b")
+    ta, tb = api.server.token("host-a", "host"), api.server.token("host-b", "host")
+    st, _ = await api.call("POST", f"/api/streams/{a['stream_id']}/mutes", token=ta, json={"user": "mal"})
+    assert st == 200
+    assert (await api.call("DELETE", f"/api/streams/{a['stream_id']}/mutes/mal", token=tb))[0] == 403
+    async with viewer(api.server, a["stream_id"], "mal") as (mal_a, _), \
+            viewer(api.server, b["stream_id"]) as (watch_b, _), viewer(api.server, b["stream_id"], "mal") as (mal_b, _):
+        await send(mal_a, {"type": "comment", "text": "on a"})
+        errs = of_type(await collect(mal_a, lambda ev: bool(of_type(ev, "error"))), "error")
+        assert errs[0]["code"] == "muted"
+        await send(mal_b, {"type": "comment", "text": "on b"})
+        got = of_type(await collect(watch_b, lambda ev: bool(of_type(ev, "comment"))), "comment")
+        assert [c["text"] for c in got] == ["on b"]

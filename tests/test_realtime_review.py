@@ -10,15 +10,17 @@ import os
 import socket
 import struct
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 import websockets
 
 from livesale.codes import CloseCode
+from livesale.config import Settings
 from realtime import HUB
 from realtime import state as rstate
 from realtime.conn import Conn
-from tests.helpers import Api
+from tests.helpers import Api, start_app_server, wait_for
 from tests.test_realtime_ws import closed_code, collect, of_type, send, viewer, ws_url
 
 
@@ -181,3 +183,31 @@ async def test_last_viewer_leaving_deletes_the_viewers_total(api: Api) -> None:
         pass
     assert await rstate.report_viewers(hub.svc.redis, sid, hub.proc, 0, 0) == 0
     assert not await hub.svc.redis.exists(f"{{stream:{sid}}}:viewers", f"{{stream:{sid}}}:viewer_procs")
+
+
+async def test_viewer_waiting_for_its_snapshot_is_not_closed_as_slow(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a reconnect storm a viewer can wait for its snapshot while its room is busy. What arrives
+    meanwhile is held (and shed past the bound), but the viewer has not been sent anything to be
+    slow about: it gets its snapshot, not a 4008."""
+    monkeypatch.setenv("LIVESALE_WS_OUTBOUND_BYTES", "2000")
+    monkeypatch.setenv("LIVESALE_WS_SLOW_CLOSE_S", "0.2")
+    async with start_app_server(settings) as srv, Api(srv) as api:
+        s = await api.setup_sale()
+        assert srv.app is not None
+        hub = srv.app[HUB]
+        held = 0
+        while not hub.connecting.locked():  # every snapshot slot taken, as in a storm
+            await hub.connecting.acquire()
+            held += 1
+        async with websockets.connect(ws_url(srv, s["stream_id"])) as ws:
+            await wait_for(lambda: hub.rooms.get(s["stream_id"]) is not None)
+            for burst in range(3):  # over the bound, for longer than slow_close_s
+                for i in range(40):
+                    await hub.svc.bus.publish_log(s["stream_id"], {
+                        "type": "comment", "id": f"c{burst}-{i}", "user": "chatty", "text": "x" * 60, "ts": 0})
+                await asyncio.sleep(0.15)
+            for _ in range(held):
+                hub.connecting.release()
+            first = await asyncio.wait_for(ws.recv(), 10)
+            assert orjson.loads(first)["type"] == "snapshot"
