@@ -149,8 +149,9 @@ async def pin_product(request: web.Request) -> web.Response:
     if not can_pin(stream["status"]):
         raise Conflict(f"cannot pin on a stream that is {stream['status']}", code=ErrorCode.INVALID_STATE)
     product = await commerce.catalog.get_product(svc, sku)
-    await svc.redis.hset(keys.meta(stream_id), "pinned", orjson.dumps(product))  # type: ignore[misc]
-    await svc.bus.publish_log(stream_id, {"type": "pin", "product": product})
+    # One atomic step: two pins at once leave the meta hash (what snapshots show) holding the product
+    # of the last `pin` event live viewers got.
+    await svc.bus.publish_log(stream_id, {"type": "pin", "product": product}, meta=("pinned", orjson.dumps(product)))
     return json_response(await stream_view(svc, stream_id))
 
 

@@ -50,15 +50,20 @@ class Bus:
         self.redis = redis
         self.log_maxlen = log_maxlen
 
-    async def publish_log(self, stream_id: str, event: dict[str, Any]) -> int:
-        """Append to the stream log and publish; returns the event's seq."""
+    async def publish_log(self, stream_id: str, event: dict[str, Any], *,
+                          meta: tuple[str, bytes] | None = None) -> int:
+        """Append to the stream log and publish; returns the event's seq. `meta` (field, value) is set
+        in the stream's meta hash in the same atomic step."""
         if event.get("type") not in LOG_TYPES:
             raise ValueError(f"not a stream-log event type: {event.get('type')!r}")
         event.setdefault("ts", now_ms())
         body = orjson.dumps(event)[:-1]  # the script closes the object after adding "seq"
-        seq = await _PUBLISH(
-            self.redis, [seq_key(stream_id), log_key(stream_id)], [channel(stream_id), body, self.log_maxlen]
-        )
+        keys = [seq_key(stream_id), log_key(stream_id)]
+        args: list[Any] = [channel(stream_id), body, self.log_maxlen]
+        if meta is not None:
+            keys.append(meta_key(stream_id))
+            args += meta
+        seq = await _PUBLISH(self.redis, keys, args)
         return int(seq)  # type: ignore[call-overload]
 
     async def publish_state(self, stream_id: str, event: dict[str, Any]) -> None:
