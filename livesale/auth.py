@@ -124,7 +124,10 @@ class Verifier:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("expected 'Authorization: Bearer <token>'")
-        return self.verify(token.strip())
+        token = token.strip()
+        if not token.isascii():  # a JWT is ASCII; other bytes (undecodable ones too) made PyJWT raise a 500
+            raise Unauthorized("invalid token")
+        return self.verify(token)
 
 
 def require_role(user: User, *roles: str) -> None:

@@ -128,3 +128,11 @@ def test_fast_path_agrees_with_pyjwt_on_mutated_tokens(pos: int, char: str, extr
     if pos < len(tok):
         tok = tok[:pos] + char + tok[pos + 1:]
     assert outcome(tok) == reference(tok)
+
+
+@pytest.mark.parametrize("token", ["abc\udca0def", mint(SECRET, "u", "viewer") + "\udca0", "é.é.é"])
+def test_non_ascii_tokens_are_401_not_500(token: str) -> None:
+    """Header bytes that are not ASCII (aiohttp hands undecodable ones over as surrogates) are an
+    invalid token, not an error in PyJWT's encode."""
+    with pytest.raises(Unauthorized):
+        Verifier(SECRET).from_header(f"Bearer {token}")
