@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+
+import orjson
 import pytest
+import redis.asyncio as aioredis
 
 from live.streams import StreamStatus, transition
+from livesale.bus import log_key
+from livesale.config import Settings
 from livesale.errors import Conflict
-from tests.helpers import Api
+from tests.helpers import Api, spawn_server, stop_server
 
 
 def test_lifecycle_transitions() -> None:
@@ -54,3 +61,34 @@ async def test_health_and_readiness(api: Api) -> None:
     assert (await api.call("GET", "/healthz"))[0] == 200
     st, body = await api.call("GET", "/readyz")
     assert st == 200 and body["status"] == "ready"
+
+
+async def test_concurrent_pins_leave_snapshot_and_live_viewers_agreeing(settings: Settings, redis_url: str) -> None:
+    """Many pins at once, over two server processes: the stream's pinned product (what a snapshot
+    shows) is the product of the last `pin` event in the stream log (what live viewers saw last)."""
+    srv = await asyncio.to_thread(spawn_server, settings, workers=2)
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        async with Api(srv) as api:
+            host = srv.token("pinner", "host")
+            skus = []
+            for i in range(6):
+                sku = f"PIN-{i}-{os.urandom(3).hex()}"
+                st, _ = await api.call("POST", "/api/products", token=host,
+                                       json={"sku": sku, "title": f"P{i}", "price_cents": 100})
+                assert st == 201
+                skus.append(sku)
+            st, stream = await api.call("POST", "/api/streams", token=host, json={"title": "pins"})
+            assert (await api.call("POST", f"/api/streams/{stream['id']}/start", token=host))[0] == 200
+            path = f"/api/streams/{stream['id']}/pin"
+            for _ in range(25):
+                answers = await asyncio.gather(*(
+                    api.call("POST", path, token=host, json={"sku": skus[i % len(skus)]}) for i in range(24)))
+                assert {a[0] for a in answers} == {200}
+                log = [orjson.loads(d[b"d"]) for _, d in await r.xrevrange(log_key(stream["id"]), count=50)]
+                last_pin = next(ev for ev in log if ev["type"] == "pin")
+                st, now = await api.call("GET", f"/api/streams/{stream['id']}")
+                assert now["pinned"]["sku"] == last_pin["product"]["sku"]
+    finally:
+        await r.aclose()
+        await asyncio.to_thread(stop_server, srv)
