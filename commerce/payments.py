@@ -24,6 +24,10 @@ class PaymentProvider(Protocol):
 
     async def refund(self, charge_id: str) -> None: ...
 
+    async def lookup(self, idempotency_key: str, method: str) -> Charge | None:
+        """The charge made with this key and method, if any (never makes one)."""
+        ...
+
 
 class TestProvider:
     """Stripe's test PaymentMethods (https://docs.stripe.com/testing): the succeeding cards and the
@@ -52,3 +56,7 @@ class TestProvider:
 
     async def refund(self, charge_id: str) -> None:
         self.refunded.add(charge_id)
+
+    async def lookup(self, idempotency_key: str, method: str) -> Charge | None:
+        # In memory: a charge this process made (a real provider is asked; Stripe: search by metadata).
+        return self._charges.get(f"{idempotency_key}:{method}")

@@ -50,3 +50,19 @@ orders = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.UniqueConstraint("sale_id", "user_id", "idempotency_key", name="uq_order_idempotency"),
 )
+
+# One row per (order, card): the provider's idempotency key. Written before the charge, closed after
+# the commit; commerce/settlement.py settles the ones left open.
+payment_attempts = sa.Table(
+    "payment_attempts",
+    metadata,
+    sa.Column("order_id", sa.String(64), primary_key=True),
+    sa.Column("method", sa.String(100), primary_key=True),
+    sa.Column("user_id", sa.String(128), nullable=False),
+    sa.Column("amount_cents", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("charge_id", sa.String(100)),
+    sa.Column("state", sa.String(16), nullable=False),  # open | settled | refunded
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, index=True),
+)
