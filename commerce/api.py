@@ -12,6 +12,7 @@ from aiohttp import web
 from commerce import catalog, orders, sales
 from commerce.orders import COMMERCE, Commerce
 from commerce.payments import TestProvider
+from commerce.settlement import Reconciler
 from commerce.sweeper import Sweeper
 from commerce.writer import OrderWriter
 from livesale.auth import require_role
@@ -70,9 +71,13 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     com = Commerce(svc, TestProvider())
     app[COMMERCE] = com
     com.stock.start()
+    await com.reserver.warm()
     sweeper = Sweeper(svc, com.stock.note, svc.settings.sweep_interval_s)
     writer = OrderWriter.from_settings(svc.redis, svc.db, svc.settings)
-    tasks = [asyncio.create_task(sweeper.run(), name="sweeper")]
+    writer.busy = com.reserver.taking_orders
+    reconciler = Reconciler(svc, com.provider, svc.settings.settle_grace_s, svc.settings.settle_interval_s)
+    tasks = [asyncio.create_task(sweeper.run(), name="sweeper"),
+             asyncio.create_task(reconciler.run(), name="reconciler")]
     if svc.settings.run_writer:
         tasks.append(asyncio.create_task(writer.run(), name="writer"))
     yield

@@ -10,10 +10,11 @@ request has to go").
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,8 +79,38 @@ def _parse(raw: Any, available: int) -> Reservation:
     return Reservation(code, available=available)
 
 
-# One buyer waiting in a batch: its RESP-encoded (user, idempotency key, quantity), and its future.
-_Op = tuple[bytes, "asyncio.Future[Reservation]"]
+# What a buyer is told: its reservation, or why there is none.
+Reply = Callable[["Reservation | BaseException"], None]
+
+
+class _Op:
+    """One buyer waiting in a batch: its RESP-encoded (user, idempotency key, quantity), and whom to
+    tell the outcome. Told once, however the batch ends."""
+
+    __slots__ = ("head", "reply", "told")
+
+    def __init__(self, head: bytes, reply: Reply) -> None:
+        self.head = head
+        self.reply = reply
+        self.told = False
+
+    def tell(self, outcome: Reservation | BaseException) -> None:
+        if self.told:
+            return
+        self.told = True
+        try:
+            self.reply(outcome)
+        except Exception:  # one reply's failure must not cost the rest of the batch their answers
+            log.error("a reserve reply failed", exc_info=True)
+
+
+def _settle(fut: asyncio.Future[Reservation], outcome: Reservation | BaseException) -> None:
+    if fut.done():
+        return
+    if isinstance(outcome, BaseException):
+        fut.set_exception(outcome)
+    else:
+        fut.set_result(outcome)
 
 
 def _bulk(value: bytes) -> bytes:
@@ -103,8 +134,8 @@ def _evalsha(sale_id: str, ops: Sequence[_Op]) -> bytes:
     parts = [b"*%d\r\n" % (10 + 4 * n), _bulk(b"EVALSHA"), _bulk(RESERVE.sha.encode()), _bulk(b"6")]
     parts += [_bulk(k.encode()) for k in keys.sale_keys(sale_id)]
     parts.append(_bulk(b"%d" % n))
-    for i, (head, _) in enumerate(ops):
-        parts += (head, oid_head, prefix, rand[16 * i : 16 * i + 16], b"\r\n")
+    for i, op in enumerate(ops):
+        parts += (op.head, oid_head, prefix, rand[16 * i : 16 * i + 16], b"\r\n")
     return b"".join(parts)
 
 
@@ -120,15 +151,38 @@ class Reserver:
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle: list[Any] = []  # the batcher's own Redis connections, not in use right now
         self.on_stock: Any = None  # callable(sale_id, available, held) after each batch
+        self.accepted_at = -1.0  # loop time of the last batch that reserved units for someone
+
+    def taking_orders(self, within_s: float = 0.1) -> bool:
+        """Whether a batch reserved units in the last `within_s` (a sale is selling right now)."""
+        return asyncio.get_running_loop().time() - self.accepted_at < within_s
+
+    async def warm(self) -> None:
+        """Open the batcher's connections and load the script before the first buyers come: otherwise
+        the first batches of a spike each wait for a connect and a NOSCRIPT retry. Best effort: a
+        Redis that is not there yet is connected to by the first batch, as without this."""
+        try:
+            await self.redis.script_load(RESERVE.source)
+            while len(self._idle) < self._max_in_flight:
+                conn = self.redis.connection_pool.make_connection()
+                await conn.connect()
+                self._idle.append(conn)
+        except REDIS_DOWN as exc:
+            log.warning("reserve batcher: redis not reachable at start (%r); connecting on first use", exc)
 
     def reserve(self, sale_id: str, user: str, key: str, quantity: int) -> asyncio.Future[Reservation]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Reservation] = loop.create_future()
-        self._pending.setdefault(sale_id, []).append((_buyer(user, key, quantity), fut))
+        fut: asyncio.Future[Reservation] = asyncio.get_running_loop().create_future()
+        self.submit(sale_id, user, key, quantity, functools.partial(_settle, fut))
+        return fut
+
+    def submit(self, sale_id: str, user: str, key: str, quantity: int, reply: Reply) -> None:
+        """`reserve` for a caller that takes the outcome as a call (livesale.fasthttp's purchase
+        path): `reply` is called straight from the batch's result loop, with no future and no loop
+        turn in between."""
+        self._pending.setdefault(sale_id, []).append(_Op(_buyer(user, key, quantity), reply))
         if not self._scheduled and self._in_flight < self._max_in_flight:
             self._scheduled = True
-            loop.call_soon(self._flush)
-        return fut
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -160,14 +214,12 @@ class Reserver:
             err = Unavailable(f"redis unreachable: {exc.__class__.__name__}")
             for _, ops in calls:
                 for op in ops:
-                    if not op[1].done():
-                        op[1].set_exception(err)
+                    op.tell(err)
             return
         except BaseException as exc:  # never leave a buyer waiting forever
             for _, ops in calls:
                 for op in ops:
-                    if not op[1].done():
-                        op[1].set_exception(exc)
+                    op.tell(exc)
             raise
         if m.ENABLED:
             _BATCH.observe(sum(len(ops) for _, ops in calls))
@@ -178,20 +230,22 @@ class Reserver:
                     if refuses_writes(exc2):
                         exc2 = Unavailable(f"redis refuses writes: {exc2}")
                     for op in ops:
-                        if not op[1].done():
-                            op[1].set_exception(exc2)
+                        op.tell(exc2)
                     continue
                 available, held = int(res[0]), int(res[1])
-                for op, raw in zip(ops, res[2:], strict=True):
-                    if not op[1].done():
-                        op[1].set_result(_parse(raw, available))
+                outcomes = [_parse(raw, available) for raw in res[2:]]
+                if len(outcomes) != len(ops):
+                    raise ValueError(f"{len(outcomes)} outcomes for {len(ops)} buyers")
+                for op, r in zip(ops, outcomes, strict=True):
+                    op.tell(r)
+                if any(r.code == RESERVED for r in outcomes):
+                    self.accepted_at = asyncio.get_running_loop().time()
                 if self.on_stock is not None:
                     self.on_stock(sale_id, available, held)
             except Exception as exc:  # a reply we cannot read: its buyers get an error, never silence
                 log.error("unreadable reserve reply for sale %s: %r", sale_id, exc)
                 for op in ops:
-                    if not op[1].done():
-                        op[1].set_exception(exc)
+                    op.tell(exc)
 
     async def _execute(self, calls: Sequence[tuple[str, list[_Op]]]) -> list[Any]:
         for attempt in (0, 1):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -12,7 +15,7 @@ import orjson
 import sqlalchemy as sa
 from aiohttp import web
 
-from commerce import inventory, keys
+from commerce import inventory, keys, settlement
 from commerce.inventory import Reserver, UnknownSale
 from commerce.payments import PaymentProvider, UnknownPaymentMethod
 from commerce.sales import SALE_ID_RE, StockNotices, iso_ms
@@ -22,11 +25,12 @@ from livesale.codes import ErrorCode
 from livesale.errors import Conflict, Forbidden, LivesaleError, NotFound, PaymentDeclined, Unprocessable
 from livesale.redis_client import redis_errors
 from livesale.services import SERVICES, Services
-from livesale.web import error_response, json_bytes_response, json_response, read_json
+from livesale.web import json_bytes_response, json_response, parse_json_object, read_body, read_json
 from monitoring import metrics as m
 
 ORDER_ID_RE = re.compile(r"^sa[0-9a-f]{12}\.[0-9a-f]{16}$")
 KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
+METHOD_RE = re.compile(r"[A-Za-z0-9_]{1,100}")  # a provider's payment method id (pm_card_visa, pm_1Nx...)
 BUYER_ROLES = ("viewer",)
 
 
@@ -48,19 +52,32 @@ class Commerce:
         self.reserver.on_stock = self.stock.note
         self.provider = provider
         self._sales: dict[str, SaleInfo] = {}
+        # Lookups in flight: the first buyers of a sale arrive together, and share one HMGET.
+        self._loading: dict[str, asyncio.Future[SaleInfo]] = {}
+
+    def cached_sale(self, sale_id: str) -> SaleInfo | None:
+        return self._sales.get(sale_id)
 
     async def sale_info(self, sale_id: str) -> SaleInfo:
         info = self._sales.get(sale_id)
-        if info is None:
-            if not SALE_ID_RE.match(sale_id):
-                raise NotFound(f"no sale {sale_id!r}")
-            with redis_errors():
-                price, currency, stream = await self.svc.redis.hmget(  # type: ignore[misc]
-                    keys.sale(sale_id), "price_cents", "currency", "stream"
-                )
-            if price is None:
-                raise NotFound(f"no sale {sale_id!r}")
-            info = self._sales[sale_id] = SaleInfo(int(price), currency.decode(), stream.decode())
+        if info is not None:
+            return info
+        if not SALE_ID_RE.match(sale_id):
+            raise NotFound(f"no sale {sale_id!r}")
+        loading = self._loading.get(sale_id)
+        if loading is None:
+            loading = self._loading[sale_id] = asyncio.ensure_future(self._load_sale(sale_id))
+            loading.add_done_callback(lambda _: self._loading.pop(sale_id, None))
+        return await asyncio.shield(loading)  # one buyer giving up does not cancel the others' lookup
+
+    async def _load_sale(self, sale_id: str) -> SaleInfo:
+        with redis_errors():
+            price, currency, stream = await self.svc.redis.hmget(  # type: ignore[misc]
+                keys.sale(sale_id), "price_cents", "currency", "stream"
+            )
+        if price is None:
+            raise NotFound(f"no sale {sale_id!r}")
+        info = self._sales[sale_id] = SaleInfo(int(price), currency.decode(), stream.decode())
         return info
 
 
@@ -79,32 +96,89 @@ def order_view(order_id: str, status: str, qty: int, price: int, expires_ms: int
     }
 
 
-def _buyer(request: web.Request) -> User:
-    user = request.app[SERVICES].auth.from_header(request.headers.get("Authorization"))
+def _buyer(svc: Services, authorization: str | None) -> User:
+    user = svc.auth.from_header(authorization)
     if not user.is_(*BUYER_ROLES):
         raise Forbidden(f"role {user.role!r} may not buy; use a viewer token")
     return user
 
 
-async def reserve(request: web.Request) -> web.Response:
-    started = time.perf_counter()
-    user = _buyer(request)
-    key = request.headers.get("Idempotency-Key")
+def _idempotency_key(key: str | None) -> str:
     if not key:
         raise Unprocessable("the Idempotency-Key header is required", code=ErrorCode.MISSING_IDEMPOTENCY_KEY)
     if not KEY_RE.match(key):
         raise Unprocessable("Idempotency-Key must be 1-200 visible ASCII characters")
-    body = await read_json(request)
+    return key
+
+
+async def reserve(request: web.Request) -> web.Response:
+    """POST /api/sales/{id}/orders through aiohttp. The same route normally runs on `fast_reserve`
+    (livesale.fasthttp); aiohttp serves the requests outside the fast path's strict subset, and all of
+    them with LIVESALE_FAST_PATH=0. Both make the same checks in the same order and answer alike."""
+    svc = request.app[SERVICES]
+    user = _buyer(svc, request.headers.get("Authorization"))
+    key = _idempotency_key(request.headers.get("Idempotency-Key"))
+    qty = _quantity(parse_json_object(await read_body(request)))
+    status, answer = await _purchase(request.app[COMMERCE], request.match_info["id"], user.id, key, qty)
+    return json_bytes_response(answer, status)
+
+
+def fast_reserve(app: web.Application, sale_id: str, authorization: str | None, key: str | None,
+                 body: bytes, reply: Callable[[tuple[int, bytes] | BaseException], None]) -> None:
+    """The purchase route on livesale.fasthttp: the checks of `reserve`, made at once (a refusal
+    raises), then the reservation, whose outcome is answered through `reply` straight from the reserve
+    batch's result loop. No task and no future per request: each would cost more than the rest of
+    this function, and each puts a loop turn between Redis's answer and the buyer's."""
+    com = app[COMMERCE]
+    user = _buyer(app[SERVICES], authorization)
+    key = _idempotency_key(key)
+    qty = _quantity(parse_json_object(body))
+    info = com.cached_sale(sale_id)
+    if info is None:  # this process' first purchase of the sale: look it up first
+        task = asyncio.ensure_future(_purchase(com, sale_id, user.id, key, qty))
+        task.add_done_callback(functools.partial(_reply_from, reply))
+        return
+    started = time.perf_counter()
+
+    def outcome(r: inventory.Reservation | BaseException) -> None:
+        if isinstance(r, BaseException):
+            reply(NotFound(f"no sale {sale_id!r}") if isinstance(r, UnknownSale) else r)
+            return
+        try:
+            answer = _answer(r, info, qty, started)
+        except Exception as err:  # noqa: BLE001 - the buyer waits on `reply`: never leave it uncalled
+            reply(err)
+        else:
+            reply(answer)
+
+    com.reserver.submit(sale_id, user.id, key, qty, outcome)
+
+
+def _reply_from(reply: Callable[[tuple[int, bytes] | BaseException], None],
+                task: asyncio.Future[tuple[int, bytes]]) -> None:
+    reply(asyncio.CancelledError() if task.cancelled() else task.exception() or task.result())
+
+
+async def _purchase(com: Commerce, sale_id: str, user: str, key: str, qty: int) -> tuple[int, bytes]:
+    """Look the sale up, reserve, answer: the aiohttp route, and the fast path's first purchase of a sale."""
+    info = await com.sale_info(sale_id)
+    started = time.perf_counter()
+    try:
+        r = await com.reserver.reserve(sale_id, user, key, qty)
+    except UnknownSale:
+        raise NotFound(f"no sale {sale_id!r}") from None
+    return _answer(r, info, qty, started)
+
+
+def _quantity(body: dict[str, Any]) -> int:
     qty = body.get("quantity")
     if type(qty) is not int or not 1 <= qty <= 100:
         raise Unprocessable("quantity must be an integer from 1 to 100", code=ErrorCode.INVALID_QUANTITY)
-    sale_id = request.match_info["id"]
-    com = request.app[COMMERCE]
-    info = await com.sale_info(sale_id)
-    try:
-        r = await com.reserver.reserve(sale_id, user.id, key, qty)
-    except UnknownSale:
-        raise NotFound(f"no sale {sale_id!r}") from None
+    return qty
+
+
+def _answer(r: inventory.Reservation, info: SaleInfo, qty: int, started: float) -> tuple[int, bytes]:
+    """(status, JSON body) of a reserve outcome: the order, or the refusal."""
     if m.ENABLED:
         outcomes = _OUTCOMES.get(r.code)
         if outcomes is None:
@@ -113,18 +187,19 @@ async def reserve(request: web.Request) -> web.Response:
         _LATENCY.observe(time.perf_counter() - started)
     if r.code == inventory.RESERVED or r.code == inventory.DUPLICATE:
         view = order_view(r.order_id, r.status, r.quantity, info.price_cents, r.expires_ms, r.created_ms)
-        return json_response(view, 201 if r.code == inventory.RESERVED else 200)
-    # A spike is mostly refusals (sold out): they are answered here, with the body livesale.web.guarded
+        return (201 if r.code == inventory.RESERVED else 200), orjson.dumps(view)
+    # A spike is mostly refusals (sold out): they are answered here, with the body the error contract
     # would write, rather than raised through it; the same refusal is encoded once.
     if r.code == inventory.IDEM_CONFLICT:
-        return error_response(_refusal(r, qty))  # names the order: not shared
+        err = _refusal(r, qty)
+        return err.status, orjson.dumps(err.body())  # names the order: not shared
     shape = (r.code, qty, r.available if r.code == inventory.SOLD_OUT else 0)
     encoded = _REFUSALS.get(shape)
     if encoded is None:
         encoded = orjson.dumps(_refusal(r, qty).body())
         if len(_REFUSALS) < 4096:
             _REFUSALS[shape] = encoded
-    return json_bytes_response(encoded, 409)
+    return 409, encoded
 
 
 _REFUSALS: dict[tuple[int, int, int], bytes] = {}  # (code, quantity, available) -> encoded 409 body
@@ -187,6 +262,8 @@ async def pay(request: web.Request) -> web.Response:
     method = body.get("payment_method")
     if not isinstance(method, str) or not method:
         raise Unprocessable("payment_method is required, e.g. pm_card_visa")
+    if not METHOD_RE.fullmatch(method):
+        raise Unprocessable(f"unknown payment_method {method[:100]!r}")
     with redis_errors():
         r = await inventory.pay(svc.redis, order_id, user.id)
     if r[0] == -1:
@@ -197,11 +274,15 @@ async def pay(request: web.Request) -> web.Response:
         raise _not_pending(r[1])
     order = await _load_order(svc, com, order_id, user)
     info = await com.sale_info(order["sale"])
+    # Recorded before the charge: a charge whose commit never happens is refunded by the reconciler.
+    await settlement.open_attempt(svc.db, order_id, user.id, method, order["amount_cents"], info.currency)
     try:
         charge = await com.provider.charge(order["amount_cents"], info.currency, method, order_id)
     except UnknownPaymentMethod:
+        await settlement.close_attempt(svc.db, order_id, method, settlement.SETTLED, None)
         raise Unprocessable(f"unknown payment_method {method!r}") from None
     if not charge.ok:
+        await settlement.close_attempt(svc.db, order_id, method, settlement.SETTLED, charge.id)
         if m.ENABLED:
             m.PAYMENTS.labels("declined").inc()
         raise PaymentDeclined(f"the card was declined ({charge.decline_code}); the hold stays until it expires")
@@ -216,9 +297,11 @@ async def pay(request: web.Request) -> web.Response:
         # The hold lapsed while the provider was charging, or another card paid first: give this
         # charge back.
         await com.provider.refund(charge.id)
+        await settlement.close_attempt(svc.db, order_id, method, settlement.REFUNDED, charge.id)
         if m.ENABLED:
             m.PAYMENTS.labels("refunded").inc()
         raise _not_pending(r[1] if len(r) > 1 else "unknown")
+    await settlement.close_attempt(svc.db, order_id, method, settlement.SETTLED, charge.id)
     if m.ENABLED:
         m.PAYMENTS.labels("paid").inc()
     order["status"] = "paid"

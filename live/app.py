@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from aiohttp import web
 
 import commerce.api
+import commerce.orders
 import live.api
 import realtime
 from livesale.auth import Verifier
@@ -15,9 +16,10 @@ from livesale.bus import Bus
 from livesale.config import Settings
 from livesale.db import create_tables, make_engine
 from livesale.errors import Unavailable
+from livesale.fasthttp import FastSite
 from livesale.redis_client import connect, redis_errors
 from livesale.services import SERVICES, Services
-from livesale.web import MAX_BODY, catch_all, guarded, json_response
+from livesale.web import MAX_BODY, catch_all, guarded, json_response, quiet_client_errors
 from monitoring import exposition
 from monitoring import metrics as m
 
@@ -26,6 +28,7 @@ def create_app(settings: Settings) -> web.Application:
     if not settings.redis_url:
         raise ValueError("settings.redis_url is required (the CLI starts an embedded Redis when unset)")
     app = web.Application(client_max_size=MAX_BODY)  # errors: livesale.web.guarded on each route
+    quiet_client_errors()
     m.ENABLED = settings.metrics
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -52,6 +55,16 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", guarded(readyz))
     catch_all(app)  # last: every path no route above matched
     return app
+
+
+def make_site(runner: web.AppRunner, settings: Settings, *, port: int | None = None,
+              reuse_port: bool = False) -> web.TCPSite:
+    """The listening socket of a set-up runner: purchase requests on livesale.fasthttp's lean path
+    (every other request, and all of them with `fast_path` off, on aiohttp)."""
+    port = settings.port if port is None else port
+    if settings.fast_path:
+        return FastSite(runner, settings.host, port, commerce.orders.fast_reserve, reuse_port=reuse_port)
+    return web.TCPSite(runner, settings.host, port, reuse_port=reuse_port)
 
 
 async def healthz(_request: web.Request) -> web.Response:

@@ -14,9 +14,13 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from livesale.config import Settings
 from livesale.embedded_redis import EmbeddedRedis
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger("livesale")
 
@@ -37,7 +41,7 @@ async def _freeze_gc(_app: object) -> None:
 
 
 def _worker(settings: Settings, reuse_port: bool, demo: bool) -> None:
-    from aiohttp import web
+    from aiohttp.web_runner import GracefulExit
 
     from live.app import create_app
 
@@ -48,10 +52,35 @@ def _worker(settings: Settings, reuse_port: bool, demo: bool) -> None:
 
         app.on_startup.append(seed_on_startup)
     app.on_startup.append(_freeze_gc)
-    web.run_app(
-        app, host=settings.host, port=settings.port, reuse_port=reuse_port, print=None,
-        access_log=None, handle_signals=True, shutdown_timeout=5,
-    )
+    # What aiohttp's run_app does, with our site (live.app.make_site) in place of its TCPSite.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    main_task = loop.create_task(_serve(app, settings, reuse_port))
+    try:
+        loop.run_until_complete(main_task)
+    except (GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        if not main_task.done():
+            main_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(main_task)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+async def _serve(app: web.Application, settings: Settings, reuse_port: bool) -> None:
+    from aiohttp import web
+
+    from live.app import make_site
+
+    runner = web.AppRunner(app, handle_signals=True, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    try:
+        await make_site(runner, settings, reuse_port=reuse_port).start()
+        await asyncio.Event().wait()  # until SIGTERM / SIGINT (aiohttp's handlers raise GracefulExit)
+    finally:
+        await runner.cleanup()
 
 
 async def _prepare_sql(settings: Settings) -> None:

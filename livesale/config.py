@@ -50,6 +50,13 @@ class Settings:
     sale_retention_s: int = 7 * 86400
     # Run the order writer inside the server (off when writers run apart: `livesale writer`).
     run_writer: bool = True
+    # Serve the purchase route on livesale.fasthttp's lean HTTP/1.1 path (every other request, and any
+    # purchase request outside its strict subset, is handed to aiohttp). Off: aiohttp serves it too.
+    fast_path: bool = True
+    # Payment attempts left open this long (Redis lost between charge and commit, a process that died
+    # there) are settled by commerce.settlement.Reconciler, which looks every `settle_interval_s`.
+    settle_grace_s: float = 60.0
+    settle_interval_s: float = 5.0
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -67,6 +74,8 @@ class Settings:
             metrics=env.get("LIVESALE_METRICS", "1") not in ("0", "false", "off"),
             sale_retention_s=int(env.get("LIVESALE_SALE_RETENTION_S", str(7 * 86400))),
             run_writer=env.get("LIVESALE_WRITER", "1") not in ("0", "false", "off"),
+            fast_path=env.get("LIVESALE_FAST_PATH", "1") not in ("0", "false", "off"),
+            settle_grace_s=float(env.get("LIVESALE_SETTLE_GRACE_S", "60")),
         )
         secret = overrides.pop("secret", None) or env.get("LIVESALE_SECRET") or _load_secret(data_dir)
         return replace(s, secret=secret, **overrides)

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, PayloadEncodingError
 
 from livesale.auth import User
 from livesale.codes import ErrorCode
@@ -48,15 +49,20 @@ def error_response(exc: LivesaleError) -> web.Response:
     return json_response(exc.body(), exc.status, headers)
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
+async def read_body(request: web.Request) -> bytes:
     content = request.content
     length = request.content_length
-    if length is not None and length <= MAX_BODY and content.is_eof():
-        # The whole body has arrived with the headers (a small JSON body almost always does): take it
-        # as it is, without read()'s chunk loop.
-        body = content.read_nowait()
-    else:
-        body = await request.read()  # enforces client_max_size (413)
+    try:
+        if length is not None and length <= MAX_BODY and content.is_eof():
+            # The whole body has arrived with the headers (a small JSON body almost always does): take
+            # it as it is, without read()'s chunk loop.
+            return content.read_nowait()
+        return await request.read()  # enforces client_max_size (413)
+    except (PayloadEncodingError, web.RequestPayloadError) as exc:  # a body its Content-Encoding cannot decode
+        raise BadRequest("request body could not be decoded (Content-Encoding)") from exc
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -66,6 +72,10 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     return data
 
 
+async def read_json(request: web.Request) -> dict[str, Any]:
+    return parse_json_object(await read_body(request))
+
+
 def current_user(request: web.Request) -> User:
     return request.app[SERVICES].auth.from_header(request.headers.get("Authorization"))
 
@@ -73,7 +83,7 @@ def current_user(request: web.Request) -> User:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _http_series(route: str, method: str, status: int) -> tuple[m.DeferredCounter, m.DeferredHistogram]:
+def http_series(route: str, method: str, status: int) -> tuple[m.DeferredCounter, m.DeferredHistogram]:
     return (m.counter(m.HTTP_REQUESTS, route, method, str(status)), m.histogram(m.HTTP_LATENCY, route, method))
 
 
@@ -94,35 +104,48 @@ def guarded(handler: Handler, route: str | None = None) -> Handler:
         start = time.perf_counter()
         try:
             resp = await handler(request)
-        except LivesaleError as exc:
-            if m.ENABLED and isinstance(exc.__cause__, REDIS_DOWN):  # redis_errors() mapped a lost Redis
-                m.REDIS_ERRORS.labels("http").inc()
-            resp = error_response(exc)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             resp = http_error_response(exc)
-        except REDIS_DOWN as exc:
-            if m.ENABLED:
-                m.REDIS_ERRORS.labels("http").inc()
-            resp = error_response(Unavailable(f"redis unreachable: {exc.__class__.__name__}"))
         except Exception as exc:
-            if refuses_writes(exc):
-                resp = error_response(Unavailable(f"redis refuses writes: {str(exc)[:80]}"))
-            else:
-                log.exception("unhandled error on %s %s", request.method, request.path)
-                resp = json_response({"error": "internal", "message": "internal server error"}, 500)
+            status, body, headers = error_answer(exc, request.method, request.path)
+            resp = web.Response(body=body, status=status, headers=headers, content_type="application/json")
         if m.ENABLED:
             key = (request.method, resp.status)
             pair = series.get(key)
             if pair is None:
                 label = route or request.match_info.route.resource.canonical  # type: ignore[union-attr]
-                pair = series[key] = _http_series(label, request.method, resp.status)
+                pair = series[key] = http_series(label, request.method, resp.status)
             pair[0].inc()
             pair[1].observe(time.perf_counter() - start)
         return resp
 
     return guarded_handler
+
+
+def error_answer(exc: Exception, method: str, path: str) -> tuple[int, bytes, dict[str, str] | None]:
+    """Status, JSON body and extra headers of our error contract for `exc`, raised by a handler (shared
+    by `guarded` and livesale.fasthttp): a LivesaleError as its body, a lost Redis or one that refuses
+    writes as 503 `unavailable` with Retry-After, anything else a logged 500 `internal`."""
+    if isinstance(exc, LivesaleError):
+        if m.ENABLED and isinstance(exc.__cause__, REDIS_DOWN):  # redis_errors() mapped a lost Redis
+            m.REDIS_ERRORS.labels("http").inc()
+        err = exc
+    elif isinstance(exc, REDIS_DOWN):
+        if m.ENABLED:
+            m.REDIS_ERRORS.labels("http").inc()
+        err = Unavailable(f"redis unreachable: {exc.__class__.__name__}")
+    elif refuses_writes(exc):
+        err = Unavailable(f"redis refuses writes: {str(exc)[:80]}")
+    else:
+        log.error("unhandled error on %s %s", method, path, exc_info=exc)
+        return 500, _INTERNAL, None
+    headers = {"Retry-After": str(err.retry_after)} if isinstance(err, Unavailable) else None
+    return err.status, orjson.dumps(err.body()), headers
+
+
+_INTERNAL = orjson.dumps({"error": str(ErrorCode.INTERNAL), "message": "internal server error"})
 
 
 def http_error_response(exc: web.HTTPException) -> web.Response:
@@ -150,3 +173,26 @@ def catch_all(app: web.Application) -> None:
         raise web.HTTPNotFound()
 
     resource.add_route("*", guarded(unmatched, route="unmatched"))
+
+
+class QuietClientErrors(logging.Filter):
+    """aiohttp logs each request its parser refuses (a client's malformed HTTP: two Content-Lengths,
+    a bare LF, ...) as an ERROR with a full traceback, so any client could flood the log. Such a record
+    becomes one INFO line naming the problem; aiohttp's own errors (5xx) stay as they are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            first = str(exc.message).strip().splitlines()[0] if exc.message else ""
+            record.msg = f"{record.getMessage()}: {exc.code} {first}"
+            record.args = ()
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_client_errors() -> None:
+    """Install `QuietClientErrors` on aiohttp's server logger (once per process)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, QuietClientErrors) for f in server_log.filters):
+        server_log.addFilter(QuietClientErrors())

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from live.app import create_app
+from live.app import create_app, make_site
 from livesale.auth import mint
 from livesale.config import Settings
 from livesale.embedded_redis import free_port
@@ -44,18 +44,24 @@ class LiveServer:
 
 
 @contextlib.asynccontextmanager
-async def start_app_server(settings: Settings) -> AsyncIterator[LiveServer]:
-    """The real app on a real loopback socket, in this process."""
-    app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+async def app_runner(settings: Settings) -> AsyncIterator[web.AppRunner]:
+    """The real app, started (no socket yet); cleaned up at the end unless the test already did."""
+    runner = web.AppRunner(create_app(settings), handle_signals=False, access_log=None)
     await runner.setup()
-    port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
     try:
-        yield LiveServer(settings, port, app=app)
+        yield runner
     finally:
-        await runner.cleanup()
+        if runner.server is not None:
+            await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def start_app_server(settings: Settings) -> AsyncIterator[LiveServer]:
+    """The real app on a real loopback socket, in this process (the site `livesale serve` uses)."""
+    async with app_runner(settings) as runner:
+        port = free_port()
+        await make_site(runner, settings, port=port).start()
+        yield LiveServer(settings, port, app=runner.app)
 
 
 def spawn_server(settings: Settings, *, workers: int = 1, extra_env: dict[str, str] | None = None) -> LiveServer:
