@@ -398,6 +398,7 @@ def main() -> int:
                 srv.start()
                 servers.append(srv)
                 assert srv.proc is not None and redis_srv.proc is not None
+                r.config_resetstat()  # the phase's own Redis command times (logged below)
                 s0, r0 = cpu_seconds(srv.proc.pid), cpu_seconds(redis_srv.proc.pid)
                 t0 = thread_cpu(srv.proc.pid)
                 w = run_wrk(wrk, srv.url, f"/api/sales/{sale_id}/orders", tokens, args, f"{ph}{rnd}", gen_core)
@@ -409,6 +410,7 @@ def main() -> int:
                     redis_cpu=(cpu_seconds(redis_srv.proc.pid) - r0) / dur,
                 )
                 t1 = thread_cpu(srv.proc.pid)
+                redis_time = redis_commands(r, res.attempts)
                 batch = batch_size(srv.url) if ph != "ceiling" and ph != "plain" else ""
                 res.threads = {k: (v - t0.get(k, 0.0)) / res.attempts * 1e6 for k, v in t1.items()}
                 for part in w["statuses"]:
@@ -424,7 +426,8 @@ def main() -> int:
                 results[ph].append(res)
                 log(f"round {rnd + 1} {ph}: {res.rate:,.0f} attempts/s, p99 {res.p99_ms:.1f} ms, "
                     f"statuses {dict(sorted(res.statuses.items()))}, checks {res.checks}, "
-                    f"us/att by thread {({k: round(v, 1) for k, v in res.threads.items() if v >= 0.05})}{batch}")
+                    f"us/att by thread {({k: round(v, 1) for k, v in res.threads.items() if v >= 0.05})}{batch}; "
+                    f"redis us/att by command {redis_time}")
         report(args, results, pin, variants)
         bad = [res for rs in results.values() for res in rs
                if res.checks.get("oversold") or res.checks.get("over_limit")
@@ -436,6 +439,14 @@ def main() -> int:
         r.close()
         redis_srv.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def redis_commands(r: syncredis.Redis, attempts: int) -> dict[str, float]:
+    """Redis time per attempt by command during the phase (INFO commandstats since CONFIG RESETSTAT),
+    the top five: where Redis' share of the run went (scripts, the writer's reads and acks...)."""
+    stats = r.info("commandstats")
+    per = {k.removeprefix("cmdstat_"): v["usec"] / max(attempts, 1) for k, v in stats.items()}
+    return {k: round(v, 2) for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:5]}
 
 
 def median_result(rs: list[Result]) -> Result:
@@ -490,6 +501,16 @@ def report(args: argparse.Namespace, results: dict[str, list[Result]], pinned_: 
             print(f"ours / ceiling = {ours.rate / best['ceiling'].rate:5.0%}    (target >= 75%); "
                   f"per server CPU second: {best['ceiling'].cpu_us / ours.cpu_us:.0%}")
         print(f"ours p99       = {ours.p99_ms:5.2f} ms (target <= 10 ms)")
+        # Rounds are interleaved, so a round's phases ran minutes apart at most: the ratio within each
+        # round is steadier than the ratio of medians taken from different rounds when the machine's
+        # speed drifts (it does, on a shared host: the ceiling alone moves by a third between rounds).
+        for ref, target in (("ceiling", "75%"), ("plain", "2.00x")):
+            pairs = list(zip(results.get("ours", []), results.get(ref, []), strict=False))
+            if len(pairs) > 1 and all(r.rate for _, r in pairs):
+                ratios = sorted(o.rate / r.rate for o, r in pairs)
+                fmt = "{:.0%}" if ref == "ceiling" else "{:.2f}x"
+                print(f"ours / {ref} within each round: " + ", ".join(fmt.format(o.rate / r.rate) for o, r in pairs)
+                      + f"; median {fmt.format(ratios[len(ratios) // 2])} (target >= {target})")
         if "ours-no-metrics" in best and best["ours-no-metrics"].rate:
             print(f"metrics on / off = {ours.rate / best['ours-no-metrics'].rate:5.0%} of the attempts/s")
         for name in variants:
