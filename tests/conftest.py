@@ -4,11 +4,10 @@ per test; real servers on loopback; real HTTP clients."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-
 import sys
 import traceback
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis as syncredis
