@@ -201,6 +201,9 @@ class Result:
     redis_cpu: float = 0.0
     checks: dict[str, Any] = field(default_factory=dict)
     threads: dict[str, float] = field(default_factory=dict)  # server CPU us per attempt, by thread
+    # Redis rewrote its AOF during the phase (a fork, and with `appendfsync always` its fsyncs share
+    # the disk with the rewrite's writes): flagged so that an outlier round can be told from one.
+    aof_rewrite: bool = False
 
     @property
     def rate(self) -> float:
@@ -399,6 +402,7 @@ def main() -> int:
                 servers.append(srv)
                 assert srv.proc is not None and redis_srv.proc is not None
                 r.config_resetstat()  # the phase's own Redis command times (logged below)
+                rewrites0 = aof_rewrites(r)
                 s0, r0 = cpu_seconds(srv.proc.pid), cpu_seconds(redis_srv.proc.pid)
                 t0 = thread_cpu(srv.proc.pid)
                 w = run_wrk(wrk, srv.url, f"/api/sales/{sale_id}/orders", tokens, args, f"{ph}{rnd}", gen_core)
@@ -410,6 +414,7 @@ def main() -> int:
                     redis_cpu=(cpu_seconds(redis_srv.proc.pid) - r0) / dur,
                 )
                 t1 = thread_cpu(srv.proc.pid)
+                res.aof_rewrite = aof_rewrites(r) != rewrites0
                 redis_time = redis_commands(r, res.attempts)
                 batch = batch_size(srv.url) if ph != "ceiling" and ph != "plain" else ""
                 res.threads = {k: (v - t0.get(k, 0.0)) / res.attempts * 1e6 for k, v in t1.items()}
@@ -427,7 +432,7 @@ def main() -> int:
                 log(f"round {rnd + 1} {ph}: {res.rate:,.0f} attempts/s, p99 {res.p99_ms:.1f} ms, "
                     f"statuses {dict(sorted(res.statuses.items()))}, checks {res.checks}, "
                     f"us/att by thread {({k: round(v, 1) for k, v in res.threads.items() if v >= 0.05})}{batch}; "
-                    f"redis us/att by command {redis_time}")
+                    f"redis us/att by command {redis_time}{'; AOF rewrite during the phase' if res.aof_rewrite else ''}")
         report(args, results, pin, variants)
         bad = [res for rs in results.values() for res in rs
                if res.checks.get("oversold") or res.checks.get("over_limit")
@@ -439,6 +444,12 @@ def main() -> int:
         r.close()
         redis_srv.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def aof_rewrites(r: syncredis.Redis) -> tuple[int, int]:
+    """AOF rewrites Redis has finished, and whether one is running (INFO persistence)."""
+    info: Any = r.info("persistence")
+    return int(info.get("aof_rewrites", 0)), int(info.get("aof_rewrite_in_progress", 0))
 
 
 def redis_commands(r: syncredis.Redis, attempts: int) -> dict[str, float]:
@@ -489,7 +500,7 @@ def report(args: argparse.Namespace, results: dict[str, list[Result]], pinned_: 
     if args.rounds > 1:
         for ph, rs in results.items():
             print(f"  {ph} rounds: " + ", ".join(f"{x.rate:,.0f}/s p99 {x.p99_ms:.1f} ms {x.cpu_us:.1f} us/att"
-                                                  for x in rs))
+                                                  + (" (AOF rewrite)" if x.aof_rewrite else "") for x in rs))
     if "ours" in best:
         ours = best["ours"]
         print()
@@ -522,8 +533,13 @@ def report(args: argparse.Namespace, results: dict[str, list[Result]], pinned_: 
                   f"per server CPU second: {best['baseline'].cpu_us / ours.cpu_us:.2f}x")
     starved = [x for x in best.values() if x.server_cpu < 0.9]
     if starved:
-        print("warning: the server had less than 90% of core 0 in " + ", ".join(x.name for x in starved)
-              + " (someone else was using it): compare the per-CPU-second ratios, not attempts/s")
+        print("note: the server used less than 90% of core 0 in " + ", ".join(x.name for x in starved)
+              + " (idle while its requests waited on Redis or wrk, or another process had the core);"
+              " the per-CPU-second ratios leave the waiting out")
+    rewritten = [f"{ph} round {i + 1}" for ph, rs in results.items() for i, x in enumerate(rs) if x.aof_rewrite]
+    if rewritten:
+        print("Redis rewrote its AOF during " + ", ".join(rewritten) + " (a fork and heavy disk writes beside"
+              " appendfsync always; its rounds may be outliers)")
     hot = [x for x in best.values() if x.wrk_cpu > 0.9]
     if hot:
         print("warning: wrk used > 90% of its core in " + ", ".join(x.name for x in hot)
