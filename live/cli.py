@@ -70,11 +70,11 @@ def _worker(settings: Settings, reuse_port: bool, demo: bool) -> None:
 
 
 async def _serve(app: web.Application, settings: Settings, reuse_port: bool) -> None:
-    from aiohttp import web
 
     from live.app import make_site
+    from livesale.web import Runner
 
-    runner = web.AppRunner(app, handle_signals=True, access_log=None, shutdown_timeout=5)
+    runner = Runner(app, handle_signals=True, access_log=None, shutdown_timeout=5)
     await runner.setup()
     try:
         await make_site(runner, settings, reuse_port=reuse_port).start()

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, PayloadEncodingError
+from aiohttp.web_protocol import RequestHandler
 
 from livesale.auth import User
 from livesale.codes import ErrorCode
@@ -189,6 +190,41 @@ class QuietClientErrors(logging.Filter):
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.exc_info, record.exc_text = None, None
         return True
+
+
+class JsonErrorsHandler(RequestHandler):
+    """aiohttp's connection protocol, whose own answers use our error shape: a request its parser
+    refuses (two Content-Lengths, a bare LF, a header line too long, ...) gets 400 `bad_request` with
+    the parser's reason as JSON instead of aiohttp's text/plain page. Logging, and closing the
+    connection afterwards, stay aiohttp's."""
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs; raises if a response was under way
+        if status >= 500:
+            body = {"error": str(ErrorCode.INTERNAL), "message": "internal server error"}
+        else:
+            reason = (message or "").strip().splitlines()
+            body = {"error": str(_HTTP_CODES.get(status, ErrorCode.BAD_REQUEST)),
+                    "message": f"malformed HTTP request: {reason[0].rstrip(': ')}" if reason else "malformed HTTP request"}
+        resp = web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+        resp.force_close()
+        return resp
+
+
+class JsonErrorsServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return JsonErrorsHandler(self, loop=self._loop, **self._kwargs)
+
+
+class Runner(web.AppRunner):
+    """aiohttp's AppRunner whose connections answer in our error shape (`JsonErrorsHandler`); what
+    `livesale serve` and the tests run the app with."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = JsonErrorsServer  # same object and state; only the protocol it makes differs
+        return server
 
 
 def quiet_client_errors() -> None:

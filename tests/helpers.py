@@ -22,6 +22,7 @@ from live.app import create_app, make_site
 from livesale.auth import mint
 from livesale.config import Settings
 from livesale.embedded_redis import free_port
+from livesale.web import Runner
 
 
 @dataclass
@@ -46,7 +47,7 @@ class LiveServer:
 @contextlib.asynccontextmanager
 async def app_runner(settings: Settings) -> AsyncIterator[web.AppRunner]:
     """The real app, started (no socket yet); cleaned up at the end unless the test already did."""
-    runner = web.AppRunner(create_app(settings), handle_signals=False, access_log=None)
+    runner = Runner(create_app(settings), handle_signals=False, access_log=None)
     await runner.setup()
     try:
         yield runner

@@ -392,3 +392,29 @@ async def _one_answer(srv: LiveServer, raw: bytes) -> Response:
     async with connect(srv) as (reader, writer):
         writer.write(raw)
         return await read_response(reader)
+
+
+@pytest.mark.parametrize("name,raw_of", [
+    ("two-lengths", lambda sale, tok: purchase(sale, tok, "k", extra=b"Content-Length: 14\r\n")),
+    ("bare-lf", lambda sale, tok: purchase(sale, tok, "k").replace(b"Host: 127.0.0.1\r\n", b"Host: 127.0.0.1\n")),
+    ("nul", lambda sale, tok: purchase(sale, tok, "k", extra=b"X-A: a\x00b\r\n")),
+    ("long-line", lambda sale, tok: purchase(sale, tok, "k", extra=b"X-A: " + b"a" * 9000 + b"\r\n")),
+    ("bad-method", lambda sale, tok: b"GE(T / HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("not-http", lambda sale, tok: b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40),
+])
+async def test_malformed_http_gets_our_json_error(pair: Pair, api: Api, redis_url: str, name: str, raw_of: Any) -> None:
+    """What aiohttp's parser refuses is answered in the contract's error shape (400 `bad_request`,
+    JSON), not aiohttp's text/plain page, on both sockets; the server keeps serving; nothing sold."""
+    s = await api.setup_sale(stock=5)
+    for srv in (pair.fast, pair.aio):
+        async with connect(srv) as (reader, writer):
+            writer.write(raw_of(s["sale_id"], srv.token("m")))
+            resp = await read_response(reader)
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # and the connection is closed
+        assert resp.status == 400, (name, resp)
+        assert resp.header(b"Content-Type") == b"application/json", (name, resp.headers)
+        body = orjson.loads(resp.body)
+        assert body["error"] == "bad_request" and body["message"].startswith("malformed HTTP request"), body
+        print(name, body["message"])
+    st, sale = await api.call("GET", f"/api/sales/{s['sale_id']}")
+    assert st == 200 and (sale["available"], sale["held"]) == (5, 0)

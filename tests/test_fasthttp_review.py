@@ -16,6 +16,7 @@ from live.app import create_app, make_site
 from livesale.config import Settings
 from livesale.embedded_redis import free_port
 from livesale.fasthttp import FastSite
+from livesale.web import Runner
 from tests import test_fasthttp as base
 from tests.helpers import Api, LiveServer, wait_for
 from tests.test_fasthttp import (
@@ -159,7 +160,7 @@ async def test_half_closed_after_hand_off_is_closed(pair: Pair, api: Api) -> Non
 async def test_keepalive_timeout_is_aiohttps(settings: Settings) -> None:
     """Idle connections on the fast socket close after the runner's keep-alive timeout, as aiohttp's
     own connections on the same runner do (not after a fixed 75 s)."""
-    runner = web.AppRunner(create_app(settings), handle_signals=False, access_log=None, keepalive_timeout=1)
+    runner = Runner(create_app(settings), handle_signals=False, access_log=None, keepalive_timeout=1)
     await runner.setup()
     try:
         fast_port, aio_port = free_port(), free_port()
@@ -193,7 +194,7 @@ async def test_a_bad_header_line_costs_linear_time(pair: Pair, api: Api, spaces:
 async def test_a_slow_reader_is_not_swept(settings: Settings) -> None:
     """A client that pipelines purchases and reads their answers slowly is not idle: the keep-alive
     sweep leaves it be (as aiohttp does) instead of resetting it with answers to orders it made unsent."""
-    runner = web.AppRunner(create_app(settings), handle_signals=False, access_log=None, keepalive_timeout=1)
+    runner = Runner(create_app(settings), handle_signals=False, access_log=None, keepalive_timeout=1)
     await runner.setup()
     try:
         srv = LiveServer(settings, free_port())
