@@ -3,11 +3,14 @@ per test; real servers on loopback; real HTTP clients."""
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import sys
 import traceback
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as syncredis
@@ -81,3 +84,28 @@ def postgres_url() -> str:
     if not url:
         pytest.skip("LIVESALE_TEST_POSTGRES_URL not set")
     return url
+
+
+class _LostErrors(logging.Handler):
+    """Futures and tasks whose exception nobody retrieved (asyncio logs them when they are collected):
+    each is an error a caller never saw."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "never retrieved" in record.getMessage():
+            self.seen.append(self.format(record))
+
+
+_LOST = _LostErrors()
+logging.getLogger("asyncio").addHandler(_LOST)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    gc.collect()
+    if _LOST.seen:
+        terminalreporter.section("exceptions nobody retrieved (asyncio)")
+        for text in _LOST.seen:
+            terminalreporter.write_line(text)
