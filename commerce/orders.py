@@ -91,7 +91,8 @@ def order_view(order_id: str, status: str, qty: int, price: int, expires_ms: int
         "status": status,
         "quantity": qty,
         "amount_cents": qty * price,
-        "expires_at": iso_ms(expires_ms),
+        # Redis keeps the hold's expiry after the order leaves `reserved`; clients are told null (api.md).
+        "expires_at": iso_ms(expires_ms) if status == "reserved" else None,
         "created_at": iso_ms(created_ms),
     }
 
