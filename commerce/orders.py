@@ -250,6 +250,16 @@ async def _load_order(svc: Services, com: Commerce, order_id: str, user: User) -
     }
 
 
+async def _acting_for(svc: Services, order_id: str, user: User) -> str:
+    """The user the order scripts act for: the caller, or for an admin the order's owner (api.md: admin
+    may act on any order; the scripts answer -1, a 404, to anyone but the owner)."""
+    if user.role != "admin":
+        return user.id
+    with redis_errors():
+        owner = await svc.redis.hget(keys.orders(keys.sale_of_order(order_id)), "u:" + order_id)  # type: ignore[misc]
+    return owner.decode() if owner is not None else user.id
+
+
 def _not_pending(status: bytes | str) -> Conflict:
     st = status.decode() if isinstance(status, bytes) else status
     return Conflict(f"the order is {st}, not reserved", code=ErrorCode.ORDER_NOT_PENDING, status=st)
@@ -265,8 +275,9 @@ async def pay(request: web.Request) -> web.Response:
         raise Unprocessable("payment_method is required, e.g. pm_card_visa")
     if not METHOD_RE.fullmatch(method):
         raise Unprocessable(f"unknown payment_method {method[:100]!r}")
+    owner = await _acting_for(svc, order_id, user)
     with redis_errors():
-        r = await inventory.pay(svc.redis, order_id, user.id)
+        r = await inventory.pay(svc.redis, order_id, owner)
     if r[0] == -1:
         raise NotFound(f"no order {order_id!r}")
     if r[0] == -2:
@@ -288,7 +299,7 @@ async def pay(request: web.Request) -> web.Response:
             m.PAYMENTS.labels("declined").inc()
         raise PaymentDeclined(f"the card was declined ({charge.decline_code}); the hold stays until it expires")
     with redis_errors():
-        r = await inventory.pay(svc.redis, order_id, user.id, charge=charge.id)
+        r = await inventory.pay(svc.redis, order_id, owner, charge=charge.id)
     paid_by = r[2].decode() if r[0] == -2 and len(r) > 2 else None
     if paid_by == charge.id:
         # A double tap: the other request committed this same charge (the provider is idempotent
@@ -314,8 +325,9 @@ async def cancel(request: web.Request) -> web.Response:
     svc, com = request.app[SERVICES], request.app[COMMERCE]
     user = svc.auth.from_header(request.headers.get("Authorization"))
     order_id = _order_id(request)
+    owner = await _acting_for(svc, order_id, user)
     with redis_errors():
-        r = await inventory.cancel(svc.redis, order_id, user.id)
+        r = await inventory.cancel(svc.redis, order_id, owner)
     if r[0] == -1:
         raise NotFound(f"no order {order_id!r}")
     if r[0] == -2:
