@@ -265,6 +265,15 @@ def _not_pending(status: bytes | str) -> Conflict:
     return Conflict(f"the order is {st}, not reserved", code=ErrorCode.ORDER_NOT_PENDING, status=st)
 
 
+def _refused(com: Commerce, order_id: str, status: bytes | str) -> Conflict:
+    """409 for an order that is not reserved. pay and cancel expire a lapsed hold themselves, before the
+    sweeper (which then has nothing to expire, so sends no `stock` event): its units are back, so the
+    sale's stock is announced here (for an order expired earlier, a redundant notice)."""
+    if status in (b"expired", "expired"):
+        com.stock.note(keys.sale_of_order(order_id))
+    return _not_pending(status)
+
+
 async def pay(request: web.Request) -> web.Response:
     svc, com = request.app[SERVICES], request.app[COMMERCE]
     user = svc.auth.from_header(request.headers.get("Authorization"))
@@ -283,7 +292,7 @@ async def pay(request: web.Request) -> web.Response:
     if r[0] == -2:
         if m.ENABLED:
             m.PAYMENTS.labels("not_pending").inc()
-        raise _not_pending(r[1])
+        raise _refused(com, order_id, r[1])
     order = await _load_order(svc, com, order_id, user)
     info = await com.sale_info(order["sale"])
     # Recorded before the charge: a charge whose commit never happens is refunded by the reconciler.
@@ -312,7 +321,7 @@ async def pay(request: web.Request) -> web.Response:
         await settlement.close_attempt(svc.db, order_id, method, settlement.REFUNDED, charge.id)
         if m.ENABLED:
             m.PAYMENTS.labels("refunded").inc()
-        raise _not_pending(r[1] if len(r) > 1 else "unknown")
+        raise _refused(com, order_id, r[1] if len(r) > 1 else "unknown")
     await settlement.close_attempt(svc.db, order_id, method, settlement.SETTLED, charge.id)
     if m.ENABLED:
         m.PAYMENTS.labels("paid").inc()
@@ -331,7 +340,7 @@ async def cancel(request: web.Request) -> web.Response:
     if r[0] == -1:
         raise NotFound(f"no order {order_id!r}")
     if r[0] == -2:
-        raise _not_pending(r[1])
+        raise _refused(com, order_id, r[1])
     if m.ENABLED:
         m.ORDERS_CANCELLED.inc()
     com.stock.note(keys.sale_of_order(order_id), int(r[1]))

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from tests.helpers import Api
+import asyncio
+import dataclasses
+
+import orjson
+import redis.asyncio as aioredis
+
+from livesale.bus import channel
+from livesale.config import Settings
+from tests.helpers import Api, start_app_server, wait_for
 
 
 async def test_expires_at_is_null_once_the_order_is_not_reserved(api: Api) -> None:
@@ -43,3 +51,39 @@ async def test_admin_may_cancel_and_pay_any_order(api: Api) -> None:
     assert st == 200 and body["status"] == "paid", body
     st, sale = await api.call("GET", f"/api/sales/{s['sale_id']}")
     assert (sale["available"], sale["held"], sale["sold"]) == (4, 0, 1)
+
+
+async def test_a_hold_expired_by_pay_or_cancel_announces_its_units(settings: Settings, redis_url: str) -> None:
+    """pay and cancel expire a lapsed hold before the sweeper does; the units come back, and viewers get
+    the `stock` event the sweeper would have sent (the sweeper then finds nothing to expire, so
+    without it the counter stays low until the next purchase)."""
+    slow_sweeper = dataclasses.replace(settings, sweep_interval_s=60)
+    async with start_app_server(slow_sweeper) as srv, Api(srv) as api:
+        s = await api.setup_sale(stock=4, per_user_limit=2, hold_s=1)
+        tok = srv.token("kim")
+        _, paid_late = await api.reserve(s["sale_id"], "kim", "k1")
+        _, cancelled_late = await api.reserve(s["sale_id"], "kim", "k2")
+        r = aioredis.Redis.from_url(redis_url)
+        ps = r.pubsub()
+        await ps.subscribe(channel(s["stream_id"]))
+        seen: list[int] = []
+
+        async def listen() -> None:
+            async for msg in ps.listen():
+                if msg["type"] == "message" and b'"type":"stock"' in msg["data"]:
+                    seen.append(orjson.loads(msg["data"])["available"])
+
+        task = asyncio.create_task(listen())
+        try:
+            await asyncio.sleep(1.1)
+            st, body = await api.call("POST", f"/api/orders/{paid_late['id']}/pay", token=tok,
+                                      json={"payment_method": "pm_card_visa"})
+            assert st == 409 and body["status"] == "expired"
+            await wait_for(lambda: seen and seen[-1] == 3, timeout=2)
+            st, body = await api.call("POST", f"/api/orders/{cancelled_late['id']}/cancel", token=tok)
+            assert st == 409 and body["status"] == "expired"
+            await wait_for(lambda: seen and seen[-1] == 4, timeout=2)
+        finally:
+            task.cancel()
+            await ps.aclose()
+            await r.aclose()
