@@ -265,6 +265,14 @@ def _not_pending(status: bytes | str) -> Conflict:
     return Conflict(f"the order is {st}, not reserved", code=ErrorCode.ORDER_NOT_PENDING, status=st)
 
 
+async def _not_in_redis(svc: Services, com: Commerce, order_id: str, user: User) -> LivesaleError:
+    """The answer when the scripts find no order of this user (-1). They know only the orders in Redis:
+    one archived to SQL after its sale's retention is not pending either (GET still returns it), and
+    an order that does not exist or is another user's stays a 404 (`_load_order` raises it)."""
+    order = await _load_order(svc, com, order_id, user)
+    return _not_pending(order["status"])
+
+
 def _refused(com: Commerce, order_id: str, status: bytes | str) -> Conflict:
     """409 for an order that is not reserved. pay and cancel expire a lapsed hold themselves, before the
     sweeper (which then has nothing to expire, so sends no `stock` event): its units are back, so the
@@ -288,7 +296,7 @@ async def pay(request: web.Request) -> web.Response:
     with redis_errors():
         r = await inventory.pay(svc.redis, order_id, owner)
     if r[0] == -1:
-        raise NotFound(f"no order {order_id!r}")
+        raise await _not_in_redis(svc, com, order_id, user)
     if r[0] == -2:
         if m.ENABLED:
             m.PAYMENTS.labels("not_pending").inc()
@@ -338,7 +346,7 @@ async def cancel(request: web.Request) -> web.Response:
     with redis_errors():
         r = await inventory.cancel(svc.redis, order_id, owner)
     if r[0] == -1:
-        raise NotFound(f"no order {order_id!r}")
+        raise await _not_in_redis(svc, com, order_id, user)
     if r[0] == -2:
         raise _refused(com, order_id, r[1])
     if m.ENABLED:

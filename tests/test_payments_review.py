@@ -8,6 +8,7 @@ import dataclasses
 import orjson
 import redis.asyncio as aioredis
 
+from commerce import keys
 from livesale.bus import channel
 from livesale.config import Settings
 from tests.helpers import Api, start_app_server, wait_for
@@ -87,3 +88,30 @@ async def test_a_hold_expired_by_pay_or_cancel_announces_its_units(settings: Set
             task.cancel()
             await ps.aclose()
             await r.aclose()
+
+
+async def test_pay_or_cancel_of_an_archived_order_is_409_not_404(settings: Settings, redis_url: str) -> None:
+    """After the retention period an order is read from SQL (GET 200), so paying or cancelling it is
+    409 `order_not_pending` with its status, as for any order that is not reserved, not a 404 that
+    denies the order GET just returned; another user's is still 404."""
+    async with start_app_server(dataclasses.replace(settings, sale_retention_s=1)) as srv, Api(srv) as api:
+        s = await api.setup_sale(stock=3)
+        _, o = await api.reserve(s["sale_id"], "lea", "k")
+        tok = srv.token("lea")
+        pay = {"payment_method": "pm_card_visa"}
+        assert (await api.call("POST", f"/api/orders/{o['id']}/pay", token=tok, json=pay))[0] == 200
+        assert (await api.call("POST", f"/api/sales/{s['sale_id']}/end", token=s["host_token"]))[0] == 200
+        r = aioredis.Redis.from_url(redis_url)
+
+        async def archived() -> bool:
+            return not await r.exists(keys.orders(s["sale_id"]))
+
+        await wait_for(archived, timeout=15, interval=0.2)
+        await r.aclose()
+        assert (await api.call("GET", f"/api/orders/{o['id']}", token=tok))[1]["status"] == "paid"
+        st, body = await api.call("POST", f"/api/orders/{o['id']}/pay", token=tok, json=pay)
+        assert (st, body["error"], body.get("status")) == (409, "order_not_pending", "paid"), body
+        st, body = await api.call("POST", f"/api/orders/{o['id']}/cancel", token=tok)
+        assert (st, body["error"], body.get("status")) == (409, "order_not_pending", "paid"), body
+        st, body = await api.call("POST", f"/api/orders/{o['id']}/pay", token=srv.token("eve"), json=pay)
+        assert (st, body["error"]) == (404, "not_found")
