@@ -135,9 +135,9 @@ async def test_a_worker_that_cannot_see_the_charge_leaves_it_open_past_a_long_ho
     finding no charge, waits NO_CHARGE_SETTLE_S from the end of the hold (a charge can be made until
     then), not from the attempt's opening: a hold may outlast that wait, and the charge would be
     settled as "none" and never refunded by the worker that made it."""
-    monkeypatch.setattr(settlement, "NO_CHARGE_SETTLE_S", 1.5)  # the hour, scaled down; the hold outlasts it
+    monkeypatch.setattr(settlement, "NO_CHARGE_SETTLE_S", 2.5)  # the hour, scaled down; the hold outlasts it
     async with start_app_server(settings) as srv, Api(srv) as api:  # its own reconciler: 60 s grace, idle here
-        s = await api.setup_sale(stock=3, hold_s=2)
+        s = await api.setup_sale(stock=3, hold_s=3)
         _, order = await api.reserve(s["sale_id"], "buyer", "k1")
         provider = redis_dies_during_charge(srv, redis_server)
         tok = srv.token("buyer")
