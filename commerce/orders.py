@@ -91,7 +91,8 @@ def order_view(order_id: str, status: str, qty: int, price: int, expires_ms: int
         "status": status,
         "quantity": qty,
         "amount_cents": qty * price,
-        "expires_at": iso_ms(expires_ms),
+        # Redis keeps the hold's expiry after the order leaves `reserved`; clients are told null (api.md).
+        "expires_at": iso_ms(expires_ms) if status == "reserved" else None,
         "created_at": iso_ms(created_ms),
     }
 
@@ -249,9 +250,36 @@ async def _load_order(svc: Services, com: Commerce, order_id: str, user: User) -
     }
 
 
+async def _acting_for(svc: Services, order_id: str, user: User) -> str:
+    """The user the order scripts act for: the caller, or for an admin the order's owner (api.md: admin
+    may act on any order; the scripts answer -1, a 404, to anyone but the owner)."""
+    if user.role != "admin":
+        return user.id
+    with redis_errors():
+        owner = await svc.redis.hget(keys.orders(keys.sale_of_order(order_id)), "u:" + order_id)  # type: ignore[misc]
+    return owner.decode() if owner is not None else user.id
+
+
 def _not_pending(status: bytes | str) -> Conflict:
     st = status.decode() if isinstance(status, bytes) else status
     return Conflict(f"the order is {st}, not reserved", code=ErrorCode.ORDER_NOT_PENDING, status=st)
+
+
+async def _not_in_redis(svc: Services, com: Commerce, order_id: str, user: User) -> LivesaleError:
+    """The answer when the scripts find no order of this user (-1). They know only the orders in Redis:
+    one archived to SQL after its sale's retention is not pending either (GET still returns it), and
+    an order that does not exist or is another user's stays a 404 (`_load_order` raises it)."""
+    order = await _load_order(svc, com, order_id, user)
+    return _not_pending(order["status"])
+
+
+def _refused(com: Commerce, order_id: str, status: bytes | str) -> Conflict:
+    """409 for an order that is not reserved. pay and cancel expire a lapsed hold themselves, before the
+    sweeper (which then has nothing to expire, so sends no `stock` event): its units are back, so the
+    sale's stock is announced here (for an order expired earlier, a redundant notice)."""
+    if status in (b"expired", "expired"):
+        com.stock.note(keys.sale_of_order(order_id))
+    return _not_pending(status)
 
 
 async def pay(request: web.Request) -> web.Response:
@@ -264,14 +292,15 @@ async def pay(request: web.Request) -> web.Response:
         raise Unprocessable("payment_method is required, e.g. pm_card_visa")
     if not METHOD_RE.fullmatch(method):
         raise Unprocessable(f"unknown payment_method {method[:100]!r}")
+    owner = await _acting_for(svc, order_id, user)
     with redis_errors():
-        r = await inventory.pay(svc.redis, order_id, user.id)
+        r = await inventory.pay(svc.redis, order_id, owner)
     if r[0] == -1:
-        raise NotFound(f"no order {order_id!r}")
+        raise await _not_in_redis(svc, com, order_id, user)
     if r[0] == -2:
         if m.ENABLED:
             m.PAYMENTS.labels("not_pending").inc()
-        raise _not_pending(r[1])
+        raise _refused(com, order_id, r[1])
     order = await _load_order(svc, com, order_id, user)
     info = await com.sale_info(order["sale"])
     # Recorded before the charge: a charge whose commit never happens is refunded by the reconciler.
@@ -287,7 +316,7 @@ async def pay(request: web.Request) -> web.Response:
             m.PAYMENTS.labels("declined").inc()
         raise PaymentDeclined(f"the card was declined ({charge.decline_code}); the hold stays until it expires")
     with redis_errors():
-        r = await inventory.pay(svc.redis, order_id, user.id, charge=charge.id)
+        r = await inventory.pay(svc.redis, order_id, owner, charge=charge.id)
     paid_by = r[2].decode() if r[0] == -2 and len(r) > 2 else None
     if paid_by == charge.id:
         # A double tap: the other request committed this same charge (the provider is idempotent
@@ -300,7 +329,7 @@ async def pay(request: web.Request) -> web.Response:
         await settlement.close_attempt(svc.db, order_id, method, settlement.REFUNDED, charge.id)
         if m.ENABLED:
             m.PAYMENTS.labels("refunded").inc()
-        raise _not_pending(r[1] if len(r) > 1 else "unknown")
+        raise _refused(com, order_id, r[1] if len(r) > 1 else "unknown")
     await settlement.close_attempt(svc.db, order_id, method, settlement.SETTLED, charge.id)
     if m.ENABLED:
         m.PAYMENTS.labels("paid").inc()
@@ -313,12 +342,13 @@ async def cancel(request: web.Request) -> web.Response:
     svc, com = request.app[SERVICES], request.app[COMMERCE]
     user = svc.auth.from_header(request.headers.get("Authorization"))
     order_id = _order_id(request)
+    owner = await _acting_for(svc, order_id, user)
     with redis_errors():
-        r = await inventory.cancel(svc.redis, order_id, user.id)
+        r = await inventory.cancel(svc.redis, order_id, owner)
     if r[0] == -1:
-        raise NotFound(f"no order {order_id!r}")
+        raise await _not_in_redis(svc, com, order_id, user)
     if r[0] == -2:
-        raise _not_pending(r[1])
+        raise _refused(com, order_id, r[1])
     if m.ENABLED:
         m.ORDERS_CANCELLED.inc()
     com.stock.note(keys.sale_of_order(order_id), int(r[1]))

@@ -13,8 +13,9 @@ settles them by what the order became:
     refunds);
   - `paid` by this attempt's charge: `settled`;
   - paid by another charge, expired or cancelled: the charge, if there is one, is refunded
-    (`refunded`); a declined charge is just `settled`, and so is one no one finds after an hour
-    (`NO_CHARGE_SETTLE_S`: the built-in TestProvider knows only its own process' charges).
+    (`refunded`); a declined charge is just `settled`, and so is one no one finds an hour after the
+    hold ended (`NO_CHARGE_SETTLE_S`: the built-in TestProvider knows only its own process' charges,
+    and a charge can be made until the hold ends, which may be a day after the attempt opened).
 It asks the provider for the charge (`PaymentProvider.lookup`) and never makes one. Two processes
 reconciling at once claim each attempt with a conditional UPDATE, and refunds are idempotent at the
 provider anyway.
@@ -40,7 +41,7 @@ from monitoring import metrics as m
 log = logging.getLogger("livesale.settlement")
 
 OPEN, SETTLED, REFUNDED = "open", "settled", "refunded"
-NO_CHARGE_SETTLE_S = 3600.0  # an open attempt whose charge no one finds is settled after this
+NO_CHARGE_SETTLE_S = 3600.0  # an open attempt whose charge no one finds is settled this long after the hold
 
 
 def _aware(t: datetime) -> datetime:
@@ -122,8 +123,8 @@ class Reconciler:
 
     async def _settle(self, row: sa.Row) -> int:
         sale_id = keys.sale_of_order(row.order_id)
-        status, paid_by = await self.svc.redis.hmget(  # type: ignore[misc]
-            keys.orders(sale_id), "s:" + row.order_id, "ch:" + row.order_id
+        status, paid_by, hold_ms = await self.svc.redis.hmget(  # type: ignore[misc]
+            keys.orders(sale_id), "s:" + row.order_id, "ch:" + row.order_id, "e:" + row.order_id
         )
         if status == b"reserved":
             return 0  # the buyer may still pay (with this charge, if they retry with the same card)
@@ -131,7 +132,10 @@ class Reconciler:
             log.warning("payment attempt for unknown order %s: left open for an operator", row.order_id)
             return 0
         charge = await self.provider.lookup(row.order_id, row.method)
-        if charge is None and _aware(row.created_at) > _now() - timedelta(seconds=NO_CHARGE_SETTLE_S):
+        # A charge can be made until the hold ends (pay checks it first), however long ago the
+        # attempt was opened; the wait for an unseen one counts from the later of the two.
+        last_chance = max(_aware(row.created_at), datetime.fromtimestamp(int(hold_ms or 0) / 1000, UTC))
+        if charge is None and last_chance > _now() - timedelta(seconds=NO_CHARGE_SETTLE_S):
             # No charge found. With a real provider that means none was made (the process died before
             # charging). The built-in TestProvider only knows its own process' charges, though: under
             # --workers N the one that made it may still find it. Left open until NO_CHARGE_SETTLE_S.

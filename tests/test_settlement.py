@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from commerce import payments
+from commerce import payments, settlement
 from commerce.orders import COMMERCE
 from commerce.schema import payment_attempts
 from livesale.config import Settings
@@ -127,3 +127,38 @@ async def test_attempts_are_closed_on_every_answer(fast_settle: LiveServer) -> N
         # The amex pay was refused at its check (the order was already paid): never charged, no row.
         st, body = await api.call("POST", path, token=tok, json={"payment_method": "not a method!"})
         assert st == 422 and body["error"] == "validation_error"
+
+
+async def test_a_worker_that_cannot_see_the_charge_leaves_it_open_past_a_long_hold(
+        settings: Settings, redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under --workers N each TestProvider knows only its own charges. Another worker's reconciler,
+    finding no charge, waits NO_CHARGE_SETTLE_S from the end of the hold (a charge can be made until
+    then), not from the attempt's opening: a hold may outlast that wait, and the charge would be
+    settled as "none" and never refunded by the worker that made it."""
+    monkeypatch.setattr(settlement, "NO_CHARGE_SETTLE_S", 2.5)  # the hour, scaled down; the hold outlasts it
+    async with start_app_server(settings) as srv, Api(srv) as api:  # its own reconciler: 60 s grace, idle here
+        s = await api.setup_sale(stock=3, hold_s=3)
+        _, order = await api.reserve(s["sale_id"], "buyer", "k1")
+        provider = redis_dies_during_charge(srv, redis_server)
+        tok = srv.token("buyer")
+        st, _ = await api.call("POST", f"/api/orders/{order['id']}/pay", token=tok,
+                               json={"payment_method": "pm_card_visa"})
+        assert st == 503
+        charge = await provider.lookup(order["id"], "pm_card_visa")
+        assert charge is not None and charge.ok
+        await asyncio.to_thread(redis_server.restart)
+
+        async def expired() -> bool:
+            st, now = await api.call("GET", f"/api/orders/{order['id']}", token=tok)
+            return st == 200 and now["status"] == "expired"
+
+        await wait_for(expired, timeout=10)
+        assert srv.app is not None
+        svc = srv.app[SERVICES]
+        other_worker = settlement.Reconciler(svc, payments.TestProvider(), grace_s=0, interval_s=1)
+        assert await other_worker.once() == 0
+        assert (await attempt_row(srv, order["id"])).state == "open"
+        maker = settlement.Reconciler(svc, provider, grace_s=0, interval_s=1)
+        assert await maker.once() == 1
+        row = await attempt_row(srv, order["id"])
+        assert (row.state, row.charge_id) == ("refunded", charge.id) and charge.id in provider.refunded
