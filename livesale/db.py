@@ -6,10 +6,32 @@ from __future__ import annotations
 import asyncio
 
 import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 metadata = sa.MetaData()
+
+
+# SQLite's primary result codes for a database that cannot serve now: BUSY, LOCKED, NOMEM, READONLY,
+# IOERR, FULL, CANTOPEN, PROTOCOL (https://sqlite.org/rescode.html). Its OperationalError also
+# carries SQLITE_ERROR, a statement of ours that is wrong (a syntax error, a missing table).
+_SQLITE_CANNOT_SERVE = {5, 6, 7, 8, 10, 13, 14, 15}
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot serve right now (connection refused or lost, pool
+    exhausted, locked, disk I/O): a 503 to retry, not a 500."""
+    if isinstance(exc, sa_exc.TimeoutError):  # no pooled connection came free in time
+        return True
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _SQLITE_CANNOT_SERVE
+    return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
 
 
 def make_engine(url: str) -> AsyncEngine:

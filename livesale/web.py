@@ -10,12 +10,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+import redis.exceptions as rx
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, PayloadEncodingError
 from aiohttp.web_protocol import RequestHandler
 
 from livesale.auth import User
 from livesale.codes import ErrorCode
+from livesale.db import unavailable as sql_unavailable
 from livesale.errors import BadRequest, LivesaleError, Unavailable
 from livesale.redis_client import REDIS_DOWN, refuses_writes
 from livesale.services import SERVICES
@@ -127,18 +129,26 @@ def guarded(handler: Handler, route: str | None = None) -> Handler:
 
 def error_answer(exc: Exception, method: str, path: str) -> tuple[int, bytes, dict[str, str] | None]:
     """Status, JSON body and extra headers of our error contract for `exc`, raised by a handler (shared
-    by `guarded` and livesale.fasthttp): a LivesaleError as its body, a lost Redis or one that refuses
-    writes as 503 `unavailable` with Retry-After, anything else a logged 500 `internal`."""
+    by `guarded` and livesale.fasthttp): a LivesaleError as its body, a lost Redis, one that refuses
+    writes or a database that cannot serve as 503 `unavailable` with Retry-After, anything else a
+    logged 500 `internal`."""
     if isinstance(exc, LivesaleError):
         if m.ENABLED and isinstance(exc.__cause__, REDIS_DOWN):  # redis_errors() mapped a lost Redis
             m.REDIS_ERRORS.labels("http").inc()
         err = exc
     elif isinstance(exc, REDIS_DOWN):
-        if m.ENABLED:
-            m.REDIS_ERRORS.labels("http").inc()
-        err = Unavailable(f"redis unreachable: {exc.__class__.__name__}")
+        if isinstance(exc, rx.RedisError):
+            if m.ENABLED:
+                m.REDIS_ERRORS.labels("http").inc()
+            err = Unavailable(f"redis unreachable: {exc.__class__.__name__}")
+        else:  # a socket error outside redis-py: PostgreSQL's driver raises these as they are
+            log.warning("%s %s: %r", method, path, exc)
+            err = Unavailable(f"a backing service is unreachable: {exc.__class__.__name__}")
     elif refuses_writes(exc):
         err = Unavailable(f"redis refuses writes: {str(exc)[:80]}")
+    elif sql_unavailable(exc):
+        log.warning("%s %s: database unavailable: %s", method, path, str(exc).splitlines()[0][:200])
+        err = Unavailable(f"database unavailable: {exc.__class__.__name__}")
     else:
         log.error("unhandled error on %s %s", method, path, exc_info=exc)
         return 500, _INTERNAL, None
