@@ -300,10 +300,11 @@ class Reserver:
             await conn.disconnect()
 
 
-async def pay(redis: aioredis.Redis, order_id: str, user: str, *, charge: str = "") -> list[Any]:
-    """Check (no charge id) or commit (with the charge that paid) an order's payment."""
+async def pay(redis: aioredis.Redis, order_id: str, user: str, *, charge: str | None = None) -> list[Any]:
+    """Check (no charge) or commit (with the id of the charge that paid, whatever it is: a provider's
+    empty id still commits) an order's payment."""
     sale_id = keys.sale_of_order(order_id)
-    args: list[object] = [order_id, user, "commit", charge] if charge else [order_id, user, "check"]
+    args: list[object] = [order_id, user, "check"] if charge is None else [order_id, user, "commit", charge]
     return await PAY(redis, keys.sale_keys(sale_id), args)  # type: ignore[return-value]
 
 
