@@ -9,6 +9,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from commerce import keys
+from commerce.orders import COMMERCE
 from livesale.bus import channel
 from livesale.config import Settings
 from tests.helpers import Api, start_app_server, wait_for
@@ -115,3 +116,22 @@ async def test_pay_or_cancel_of_an_archived_order_is_409_not_404(settings: Setti
         assert (st, body["error"], body.get("status")) == (409, "order_not_pending", "paid"), body
         st, body = await api.call("POST", f"/api/orders/{o['id']}/pay", token=srv.token("eve"), json=pay)
         assert (st, body["error"]) == (404, "not_found")
+
+
+async def test_a_giveaway_is_paid_without_a_charge(api: Api) -> None:
+    """A sale at price 0 is paid with no charge at the provider (a 0 charge is an error at real ones):
+    200 paid whatever the card, including one that would decline; the order's units are sold."""
+    s = await api.setup_sale(stock=3, price_cents=0)
+    tok = api.server.token("gil")
+    st, order = await api.reserve(s["sale_id"], "gil", "k1")
+    assert st == 201 and order["amount_cents"] == 0
+    st, body = await api.call("POST", f"/api/orders/{order['id']}/pay", token=tok,
+                              json={"payment_method": "pm_card_chargeDeclined"})
+    assert st == 200 and (body["status"], body["expires_at"], body["amount_cents"]) == ("paid", None, 0), body
+    provider = api.server.app[COMMERCE].provider  # type: ignore[index]
+    assert not provider._charges
+    st, body = await api.call("POST", f"/api/orders/{order['id']}/pay", token=tok,
+                              json={"payment_method": "pm_card_visa"})
+    assert st == 409 and body["error"] == "order_not_pending", body
+    st, sale = await api.call("GET", f"/api/sales/{s['sale_id']}")
+    assert (sale["available"], sale["held"], sale["sold"]) == (2, 0, 1), sale
