@@ -11,7 +11,7 @@ from aiohttp import web
 
 from commerce import catalog, orders, sales
 from commerce.orders import COMMERCE, Commerce
-from commerce.payments import TestProvider
+from commerce.payments import load_provider
 from commerce.settlement import Reconciler
 from commerce.sweeper import Sweeper
 from commerce.writer import OrderWriter
@@ -68,7 +68,7 @@ async def get_sale(request: web.Request) -> web.Response:
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
     svc = app[SERVICES]
-    com = Commerce(svc, TestProvider())
+    com = Commerce(svc, load_provider(svc.settings.payment_provider))
     app[COMMERCE] = com
     com.stock.start()
     await com.reserver.warm()

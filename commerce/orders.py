@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -17,16 +18,26 @@ from aiohttp import web
 
 from commerce import inventory, keys, settlement
 from commerce.inventory import Reserver, UnknownSale
-from commerce.payments import PaymentProvider, UnknownPaymentMethod
+from commerce.payments import PaymentProvider, ProviderUnavailable, UnknownPaymentMethod
 from commerce.sales import SALE_ID_RE, StockNotices, iso_ms
 from commerce.schema import orders as orders_table
 from livesale.auth import User
 from livesale.codes import ErrorCode
-from livesale.errors import Conflict, Forbidden, LivesaleError, NotFound, PaymentDeclined, Unprocessable
+from livesale.errors import (
+    Conflict,
+    Forbidden,
+    LivesaleError,
+    NotFound,
+    PaymentDeclined,
+    Unavailable,
+    Unprocessable,
+)
 from livesale.redis_client import redis_errors
 from livesale.services import SERVICES, Services
 from livesale.web import json_bytes_response, json_response, parse_json_object, read_body, read_json
 from monitoring import metrics as m
+
+log = logging.getLogger("livesale.orders")
 
 ORDER_ID_RE = re.compile(r"^sa[0-9a-f]{12}\.[0-9a-f]{16}$")
 KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
@@ -312,6 +323,8 @@ async def pay(request: web.Request) -> web.Response:
     except UnknownPaymentMethod:
         await settlement.close_attempt(svc.db, order_id, method, settlement.SETTLED, None)
         raise Unprocessable(f"unknown payment_method {method!r}") from None
+    except ProviderUnavailable as exc:  # the attempt stays open: a retry or the reconciler settles it
+        raise Unavailable(f"the payment provider is unreachable: {exc}") from None
     if not charge.ok:
         await settlement.close_attempt(svc.db, order_id, method, settlement.SETTLED, charge.id)
         if m.ENABLED:
@@ -327,10 +340,14 @@ async def pay(request: web.Request) -> web.Response:
     if r[0] != 0:
         # The hold lapsed while the provider was charging, or another card paid first: give this
         # charge back.
-        await com.provider.refund(charge.id)
-        await settlement.close_attempt(svc.db, order_id, method, settlement.REFUNDED, charge.id)
-        if m.ENABLED:
-            m.PAYMENTS.labels("refunded").inc()
+        try:
+            await com.provider.refund(charge.id)
+        except ProviderUnavailable as exc:  # the attempt stays open: the reconciler refunds it
+            log.warning("refund of %s for order %s failed (%s); left to the reconciler", charge.id, order_id, exc)
+        else:
+            await settlement.close_attempt(svc.db, order_id, method, settlement.REFUNDED, charge.id)
+            if m.ENABLED:
+                m.PAYMENTS.labels("refunded").inc()
         raise _refused(com, order_id, r[1] if len(r) > 1 else "unknown")
     await settlement.close_attempt(svc.db, order_id, method, settlement.SETTLED, charge.id)
     if m.ENABLED:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import secrets
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,6 +18,13 @@ class Charge:
 
 class UnknownPaymentMethod(Exception):
     pass
+
+
+class ProviderUnavailable(Exception):
+    """Raised by a provider that could not be reached, or whose answer was lost: whether the charge
+    (or refund) happened is unknown. The buyer is told 503 and may retry with the same card (charges
+    are idempotent per order and card); a charge made and never committed is refunded by
+    commerce.settlement.Reconciler, which also retries a refund that failed this way."""
 
 
 class PaymentProvider(Protocol):
@@ -60,3 +68,15 @@ class TestProvider:
     async def lookup(self, idempotency_key: str, method: str) -> Charge | None:
         # In memory: a charge this process made (a real provider is asked; Stripe: search by metadata).
         return self._charges.get(f"{idempotency_key}:{method}")
+
+
+def load_provider(spec: str) -> PaymentProvider:
+    """The provider named by LIVESALE_PAYMENT_PROVIDER ("package.module:factory"), or the built-in
+    TestProvider when it is empty. A name that does not resolve stops the server at startup."""
+    if not spec:
+        return TestProvider()
+    module, _, attr = spec.partition(":")
+    if not module or not attr:
+        raise ValueError(f"LIVESALE_PAYMENT_PROVIDER must be 'package.module:factory', not {spec!r}")
+    provider: PaymentProvider = getattr(importlib.import_module(module), attr)()
+    return provider

@@ -31,7 +31,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from commerce import keys
-from commerce.payments import PaymentProvider
+from commerce.payments import PaymentProvider, ProviderUnavailable
 from commerce.schema import payment_attempts as attempts
 from livesale.errors import Unavailable
 from livesale.services import Services
@@ -107,7 +107,10 @@ class Reconciler:
         closed = 0
         for row in rows:
             if await self._claim(row.order_id, row.method, row.updated_at):
-                closed += await self._settle(row)
+                try:
+                    closed += await self._settle(row)
+                except ProviderUnavailable as exc:  # this one waits for the next pass; the others go on
+                    log.warning("payment attempt of order %s: provider unreachable (%s)", row.order_id, exc)
         return closed
 
     async def _claim(self, order_id: str, method: str, seen: datetime) -> bool:

@@ -57,6 +57,9 @@ class Settings:
     # there) are settled by commerce.settlement.Reconciler, which looks every `settle_interval_s`.
     settle_grace_s: float = 60.0
     settle_interval_s: float = 5.0
+    # The payment provider: "package.module:factory", a callable taking no arguments that returns a
+    # commerce.payments.PaymentProvider. Empty: the built-in TestProvider (Stripe's test methods).
+    payment_provider: str = ""
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -76,6 +79,7 @@ class Settings:
             run_writer=env.get("LIVESALE_WRITER", "1") not in ("0", "false", "off"),
             fast_path=env.get("LIVESALE_FAST_PATH", "1") not in ("0", "false", "off"),
             settle_grace_s=float(env.get("LIVESALE_SETTLE_GRACE_S", "60")),
+            payment_provider=env.get("LIVESALE_PAYMENT_PROVIDER", ""),
         )
         secret = overrides.pop("secret", None) or env.get("LIVESALE_SECRET") or _load_secret(data_dir)
         return replace(s, secret=secret, **overrides)

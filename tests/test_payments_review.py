@@ -8,8 +8,9 @@ import dataclasses
 import orjson
 import redis.asyncio as aioredis
 
-from commerce import keys
+from commerce import keys, payments
 from commerce.orders import COMMERCE
+from commerce.payments import Charge, ProviderUnavailable
 from livesale.bus import channel
 from livesale.config import Settings
 from tests.helpers import Api, start_app_server, wait_for
@@ -135,3 +136,67 @@ async def test_a_giveaway_is_paid_without_a_charge(api: Api) -> None:
     assert st == 409 and body["error"] == "order_not_pending", body
     st, sale = await api.call("GET", f"/api/sales/{s['sale_id']}")
     assert (sale["available"], sale["held"], sale["sold"]) == (2, 0, 1), sale
+
+
+class _FlakyNetwork(payments.TestProvider):
+    """The real test provider behind a network that loses the first charge's answer (the charge is
+    made) and the first refund (not made), and may be slow: the edge the pay path must survive."""
+
+    def __init__(self, charge_delay_s: float = 0.0) -> None:
+        super().__init__()
+        self.delay = charge_delay_s
+        self.lost_charge = self.lost_refund = False
+
+    async def charge(self, amount_cents: int, currency: str, method: str, idempotency_key: str) -> Charge:
+        await asyncio.sleep(self.delay)
+        c = await super().charge(amount_cents, currency, method, idempotency_key)
+        if not self.lost_charge:
+            self.lost_charge = True
+            raise ProviderUnavailable("read timeout")
+        return c
+
+    async def refund(self, charge_id: str) -> None:
+        if not self.lost_refund:
+            self.lost_refund = True
+            raise ProviderUnavailable("connection reset")
+        await super().refund(charge_id)
+
+
+async def test_provider_unreachable_is_503_and_the_retry_pays_with_the_same_charge(api: Api) -> None:
+    """A charge whose answer is lost is 503 unavailable (not a 500); retrying with the same card pays
+    with that one charge, and nothing is refunded."""
+    provider = api.server.app[COMMERCE].provider = _FlakyNetwork()  # type: ignore[index]
+    s = await api.setup_sale(stock=5, per_user_limit=5)
+    tok = api.server.token("pia")
+    _, order = await api.reserve(s["sale_id"], "pia", "k1")
+    pay = f"/api/orders/{order['id']}/pay"
+    st, body = await api.call("POST", pay, token=tok, json={"payment_method": "pm_card_visa"})
+    assert st == 503 and body["error"] == "unavailable" and "provider" in body["message"], body
+    st, body = await api.call("POST", pay, token=tok, json={"payment_method": "pm_card_visa"})
+    assert st == 200 and body["status"] == "paid", body
+    assert len(provider._charges) == 1 and not provider.refunded
+
+
+def slow_losing_refunds() -> _FlakyNetwork:
+    """A provider factory, as LIVESALE_PAYMENT_PROVIDER names one: slow charges, the first refund lost."""
+    provider = _FlakyNetwork(charge_delay_s=1.6)
+    provider.lost_charge = True
+    return provider
+
+
+async def test_a_refund_the_provider_loses_is_made_by_the_reconciler(settings: Settings) -> None:
+    """The hold lapses while the card is charged, so the charge must go back; the provider loses that
+    refund: the buyer still gets 409 (expired), and the reconciler makes the refund."""
+    fast = dataclasses.replace(settings, settle_grace_s=0.0, settle_interval_s=0.2,
+                               payment_provider=f"{__name__}:{slow_losing_refunds.__name__}")
+    async with start_app_server(fast) as srv, Api(srv) as api:
+        provider = srv.app[COMMERCE].provider  # type: ignore[index]
+        assert isinstance(provider, _FlakyNetwork)  # loaded through LIVESALE_PAYMENT_PROVIDER
+        s = await api.setup_sale(stock=5, hold_s=1)
+        _, order = await api.reserve(s["sale_id"], "ria", "k1")
+        st, body = await api.call("POST", f"/api/orders/{order['id']}/pay", token=srv.token("ria"),
+                                  json={"payment_method": "pm_card_visa"})
+        assert st == 409 and body["status"] == "expired", body
+        charge = provider._charges[f"{order['id']}:pm_card_visa"]
+        assert provider.lost_refund and charge.id not in provider.refunded
+        await wait_for(lambda: charge.id in provider.refunded, timeout=10)
