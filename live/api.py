@@ -27,9 +27,10 @@ _CAS = LuaScript(Path(__file__).with_name("stream_cas.lua"))
 
 
 def iso(ts: float | str | None) -> str | None:
+    """Epoch seconds as the API's one time format (docs/api.md): `2026-11-24T17:01:10.460Z`."""
     if ts in (None, b"", ""):
         return None
-    return datetime.fromtimestamp(float(ts), UTC).isoformat().replace("+00:00", "Z")  # type: ignore[arg-type]
+    return commerce.sales.iso_ms(round(float(ts) * 1000))  # type: ignore[arg-type]
 
 
 async def load_stream(svc: Services, stream_id: str) -> dict[str, Any]:

@@ -92,3 +92,18 @@ async def test_concurrent_pins_leave_snapshot_and_live_viewers_agreeing(settings
     finally:
         await r.aclose()
         await asyncio.to_thread(stop_server, srv)
+
+
+async def test_stream_times_are_rfc3339_with_milliseconds(api: Api) -> None:
+    """created_at, started_at and ended_at use the API's one time format (docs/api.md): milliseconds and a Z."""
+    import re
+
+    ht = api.server.token("tess", "host")
+    st, s = await api.call("POST", "/api/streams", token=ht, json={"title": "Clock"})
+    assert st == 201
+    await api.call("POST", f"/api/streams/{s['id']}/start", token=ht)
+    st, ended = await api.call("POST", f"/api/streams/{s['id']}/end", token=ht)
+    assert st == 200
+    fmt = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+    for name in ("created_at", "started_at", "ended_at"):
+        assert fmt.match(ended[name]), (name, ended[name])
