@@ -13,7 +13,7 @@ import multiprocessing.connection
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from livesale.config import Settings
@@ -141,19 +141,39 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
             embedded.stop()
 
 
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi}, not {value}")
+        return value
+
+    return parse
+
+
+def _user_id(text: str) -> str:
+    # livesale.auth.Verifier refuses a token whose `sub` is empty or longer than 128 characters.
+    if not 1 <= len(text) <= 128:
+        raise argparse.ArgumentTypeError("must be 1-128 characters")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="livesale", description="Live-stream selling backend")
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, help_ in (("serve", "run the server"), ("demo", "run the server with a seeded demo stream")):
         s = sub.add_parser(name, help=help_)
         s.add_argument("--host", default="127.0.0.1")
-        s.add_argument("--port", type=int, default=8080)
-        s.add_argument("--workers", type=int, default=1)
+        s.add_argument("--port", type=_int_in(1, 65535), default=8080)
+        s.add_argument("--workers", type=_int_in(1, 1024), default=1)
         s.add_argument("--no-metrics", action="store_true", help="skip metric updates (to measure their cost)")
     t = sub.add_parser("token", help="print a signed token")
-    t.add_argument("--user", required=True)
+    t.add_argument("--user", required=True, type=_user_id)
     t.add_argument("--role", default="viewer", choices=["viewer", "host", "moderator", "admin"])
-    t.add_argument("--ttl", type=int, default=3600)
+    t.add_argument("--ttl", type=_int_in(1, 10 * 365 * 86400), default=3600, help="seconds (default 3600)")
     sub.add_parser("writer", help="run only the order writer (Redis order events -> SQL)")
     sub.add_parser("swarm", help="asyncio viewer swarm (see load/README.md)", add_help=False)
     sub.add_parser("verify", help="check a sale for oversell and lost orders", add_help=False)
