@@ -134,8 +134,11 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
                 p.join()
                 if p.pid is not None:
                     metrics_dir.worker_exited(p.pid)
+                if p.exitcode != 0:
+                    log.error("worker %s (pid %s) exited with %s", p.name, p.pid, p.exitcode)
         metrics_dir.close()
-        return 0
+        # A worker stopped by our SIGTERM exits 0; one that could not serve (a port taken, a crash) did not.
+        return 0 if all(p.exitcode == 0 for p in procs) else 1
     finally:
         if embedded is not None:
             embedded.stop()
