@@ -120,7 +120,11 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
         for p in procs:
             p.start()
 
+        stopping = False
+
         def _stop(*_: object) -> None:
+            nonlocal stopping
+            stopping = True
             for p in procs:
                 if p.pid and p.is_alive():
                     os.kill(p.pid, signal.SIGTERM)
@@ -128,17 +132,20 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
         running = {p.sentinel: p for p in procs}
+        failed = 0
         while running:
             for sentinel in multiprocessing.connection.wait(list(running)):
                 p = running.pop(sentinel)  # type: ignore[arg-type]
                 p.join()
                 if p.pid is not None:
                     metrics_dir.worker_exited(p.pid)
-                if p.exitcode != 0:
+                # Our SIGTERM stops a worker with 0, or with -SIGTERM if it came before the worker's
+                # handlers were in place; any other end (a port taken, a crash) means it could not serve.
+                if p.exitcode != 0 and not (stopping and p.exitcode == -signal.SIGTERM):
+                    failed += 1
                     log.error("worker %s (pid %s) exited with %s", p.name, p.pid, p.exitcode)
         metrics_dir.close()
-        # A worker stopped by our SIGTERM exits 0; one that could not serve (a port taken, a crash) did not.
-        return 0 if all(p.exitcode == 0 for p in procs) else 1
+        return 1 if failed else 0
     finally:
         if embedded is not None:
             embedded.stop()
