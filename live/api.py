@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 from aiohttp import web
 
 import commerce.catalog
@@ -17,6 +18,7 @@ from live import keys
 from live.schema import streams
 from live.streams import _ALLOWED, StreamStatus, can_pin, transition
 from livesale.auth import User, require_role
+from livesale.bus import channel, log_key, seq_key
 from livesale.codes import ErrorCode
 from livesale.errors import Conflict, Forbidden, NotFound, Unprocessable
 from livesale.redis_client import LuaScript
@@ -27,9 +29,10 @@ _CAS = LuaScript(Path(__file__).with_name("stream_cas.lua"))
 
 
 def iso(ts: float | str | None) -> str | None:
+    """Epoch seconds as the API's one time format (docs/api.md): `2026-11-24T17:01:10.460Z`."""
     if ts in (None, b"", ""):
         return None
-    return datetime.fromtimestamp(float(ts), UTC).isoformat().replace("+00:00", "Z")  # type: ignore[arg-type]
+    return commerce.sales.iso_ms(round(float(ts) * 1000))  # type: ignore[arg-type]
 
 
 async def load_stream(svc: Services, stream_id: str) -> dict[str, Any]:
@@ -110,14 +113,17 @@ async def _transition(request: web.Request, action: str) -> web.Response:
     allowed = ",".join(s.value for s in _ALLOWED[action])
     now = datetime.now(UTC)
     field = "started_at" if new is StreamStatus.LIVE else "ended_at"
-    res: Any = await _CAS(svc.redis, [keys.meta(stream_id)], [action, new.value, allowed, field, now.timestamp()])
+    event = orjson.dumps({"type": "stream", "status": new.value, "ts": int(now.timestamp() * 1000)})[:-1]
+    res: Any = await _CAS(
+        svc.redis, [keys.meta(stream_id), seq_key(stream_id), log_key(stream_id)],
+        [action, new.value, allowed, field, now.timestamp(), channel(stream_id), event, svc.bus.log_maxlen],
+    )
     if not res[0]:
         transition(res[1].decode(), action)  # raises with the state another request just set
+    # Requests that raced in Redis may commit here in either order: the status only moves forward.
+    status = sa.case((streams.c.status.in_([s.value for s in _ALLOWED[action]]), new.value), else_=streams.c.status)
     async with svc.db.begin() as conn:
-        await conn.execute(
-            streams.update().where(streams.c.id == stream_id).values(status=new.value, **{field: now})
-        )
-    await svc.bus.publish_log(stream_id, {"type": "stream", "status": new.value})
+        await conn.execute(streams.update().where(streams.c.id == stream_id).values(status=status, **{field: now}))
     if new is StreamStatus.ENDED:
         await commerce.sales.end_for_stream(svc, stream_id)
     return json_response(await stream_view(svc, stream_id))

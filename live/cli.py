@@ -13,7 +13,7 @@ import multiprocessing.connection
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from livesale.config import Settings
@@ -120,7 +120,11 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
         for p in procs:
             p.start()
 
+        stopping = False
+
         def _stop(*_: object) -> None:
+            nonlocal stopping
+            stopping = True
             for p in procs:
                 if p.pid and p.is_alive():
                     os.kill(p.pid, signal.SIGTERM)
@@ -128,17 +132,43 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
         running = {p.sentinel: p for p in procs}
+        failed = 0
         while running:
             for sentinel in multiprocessing.connection.wait(list(running)):
                 p = running.pop(sentinel)  # type: ignore[arg-type]
                 p.join()
                 if p.pid is not None:
                     metrics_dir.worker_exited(p.pid)
+                # Our SIGTERM stops a worker with 0, or with -SIGTERM if it came before the worker's
+                # handlers were in place; any other end (a port taken, a crash) means it could not serve.
+                if p.exitcode != 0 and not (stopping and p.exitcode == -signal.SIGTERM):
+                    failed += 1
+                    log.error("worker %s (pid %s) exited with %s", p.name, p.pid, p.exitcode)
         metrics_dir.close()
-        return 0
+        return 1 if failed else 0
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi}, not {value}")
+        return value
+
+    return parse
+
+
+def _user_id(text: str) -> str:
+    # livesale.auth.Verifier refuses a token whose `sub` is empty or longer than 128 characters.
+    if not 1 <= len(text) <= 128:
+        raise argparse.ArgumentTypeError("must be 1-128 characters")
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -147,13 +177,13 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_ in (("serve", "run the server"), ("demo", "run the server with a seeded demo stream")):
         s = sub.add_parser(name, help=help_)
         s.add_argument("--host", default="127.0.0.1")
-        s.add_argument("--port", type=int, default=8080)
-        s.add_argument("--workers", type=int, default=1)
+        s.add_argument("--port", type=_int_in(1, 65535), default=8080)
+        s.add_argument("--workers", type=_int_in(1, 1024), default=1)
         s.add_argument("--no-metrics", action="store_true", help="skip metric updates (to measure their cost)")
     t = sub.add_parser("token", help="print a signed token")
-    t.add_argument("--user", required=True)
+    t.add_argument("--user", required=True, type=_user_id)
     t.add_argument("--role", default="viewer", choices=["viewer", "host", "moderator", "admin"])
-    t.add_argument("--ttl", type=int, default=3600)
+    t.add_argument("--ttl", type=_int_in(1, 10 * 365 * 86400), default=3600, help="seconds (default 3600)")
     sub.add_parser("writer", help="run only the order writer (Redis order events -> SQL)")
     sub.add_parser("swarm", help="asyncio viewer swarm (see load/README.md)", add_help=False)
     sub.add_parser("verify", help="check a sale for oversell and lost orders", add_help=False)

@@ -6,6 +6,7 @@ import secrets
 from datetime import UTC, datetime
 
 import orjson
+import sqlalchemy as sa
 from aiohttp import web
 
 from commerce import catalog, sales
@@ -13,12 +14,25 @@ from commerce.schema import products
 from live import keys
 from live.schema import streams
 from livesale.auth import mint
-from livesale.services import SERVICES
+from livesale.services import SERVICES, Services
 
 PRODUCTS = [
     {"sku": "DEMO-TEE", "title": "Livesale tee, black", "price_cents": 1900, "currency": "USD", "image_url": None},
     {"sku": "DEMO-MUG", "title": "Livesale mug", "price_cents": 1200, "currency": "USD", "image_url": None},
 ]
+
+
+async def _live_demo_stream(svc: Services, host: str) -> str | None:
+    """The demo stream seeded earlier on this data, if it is still live in Redis and SQL."""
+    async with svc.db.connect() as conn:
+        ids = (await conn.execute(
+            sa.select(streams.c.id).where(streams.c.host == host, streams.c.status == "live")
+            .order_by(streams.c.created_at.desc())
+        )).scalars().all()
+    for stream_id in ids:
+        if await svc.redis.hget(keys.meta(stream_id), "status") == b"live":  # type: ignore[misc]
+            return str(stream_id)
+    return None
 
 
 async def seed_on_startup(app: web.Application) -> None:
@@ -31,18 +45,23 @@ async def seed_on_startup(app: web.Application) -> None:
             if exists is None:
                 await conn.execute(products.insert().values(id="pr" + secrets.token_hex(6), owner=host,
                                                             created_at=now, **p))
-    stream_id = "st" + secrets.token_hex(6)
-    async with svc.db.begin() as conn:
-        await conn.execute(streams.insert().values(id=stream_id, host=host, title="Demo drop", status="live",
-                                                   created_at=now, started_at=now))
     tee = await catalog.get_product(svc, "DEMO-TEE")
-    await svc.redis.hset(keys.meta(stream_id), mapping={  # type: ignore[misc]
-        "host": host, "title": "Demo drop", "status": "live", "created_at": now.timestamp(),
-        "started_at": now.timestamp(), "pinned": orjson.dumps(tee),
-    })
-    spec = {"sku": "DEMO-TEE", "price_cents": 1500, "stock": 100, "per_user_limit": 2, "duration_s": 3600,
-            "hold_s": 120, "starts_at": int(now.timestamp() * 1000)}
-    sale = await sales.create_sale(svc, stream_id, spec, tee)
+    # A restart on the same data (make run again) shows the demo stream and sale it seeded before.
+    stream_id = await _live_demo_stream(svc, host)
+    if stream_id is None:
+        stream_id = "st" + secrets.token_hex(6)
+        async with svc.db.begin() as conn:
+            await conn.execute(streams.insert().values(id=stream_id, host=host, title="Demo drop", status="live",
+                                                       created_at=now, started_at=now))
+        await svc.redis.hset(keys.meta(stream_id), mapping={  # type: ignore[misc]
+            "host": host, "title": "Demo drop", "status": "live", "created_at": now.timestamp(),
+            "started_at": now.timestamp(), "pinned": orjson.dumps(tee),
+        })
+    sale = next((x for x in await sales.list_for_stream(svc, stream_id) if x["status"] == "active"), None)
+    if sale is None:
+        spec = {"sku": "DEMO-TEE", "price_cents": 1500, "stock": 100, "per_user_limit": 2, "duration_s": 3600,
+                "hold_s": 120, "starts_at": int(now.timestamp() * 1000)}
+        sale = await sales.create_sale(svc, stream_id, spec, tee)
     s = svc.settings
     base = f"http://{s.host}:{s.port}"
     viewer = mint(s.secret, "alice", "viewer", 86400)

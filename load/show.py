@@ -74,6 +74,7 @@ class Show:
         self.server: subprocess.Popen[bytes] | None = None
         self.locust: asyncio.subprocess.Process | None = None
         self.problems: list[str] = []
+        self.locust_grace_s = 60.0  # Locust's own time (--sale-seconds) plus this, then it is killed
 
     # -- processes -------------------------------------------------------------------------
     def start_server(self) -> None:
@@ -150,9 +151,12 @@ class Show:
         with _log(self.out / "locust.log") as log:
             self.locust = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
             try:
-                await asyncio.wait_for(self.locust.wait(), a.sale_seconds + 60)
+                await asyncio.wait_for(self.locust.wait(), a.sale_seconds + self.locust_grace_s)
             except TimeoutError:
                 self.problems.append("locust did not finish in time (killed)")
+                with contextlib.suppress(ProcessLookupError):
+                    self.locust.kill()
+                await self.locust.wait()
 
     async def run(self) -> int:
         a = self.a

@@ -191,6 +191,16 @@ def judge(snap: Snapshot, sql: list[Order], sale_id: str) -> Report:
                        or (RANK.get(o.status) == 2 and by_id[o.id].status != o.status))]
         if behind:
             p.append(f"status_mismatch: {len(behind)} orders differ between Redis and SQL (e.g. {behind[0]})")
+        # The rest of a row never changes after the reserve: any difference is the writer's error, and
+        # units moved within stock show up nowhere else.
+        differ = [o.id for o in snap.orders.values() if o.id in by_id
+                  and (by_id[o.id].user, by_id[o.id].key, by_id[o.id].quantity) != (o.user, o.key, o.quantity)]
+        if differ:
+            p.append(f"sql_mismatch: {len(differ)} orders' SQL rows differ from Redis in user, key or quantity "
+                     f"(e.g. {differ[0]})")
+        phantom = [o.id for o in sql if o.id not in snap.orders]
+        if phantom:
+            p.append(f"phantom: {len(phantom)} SQL orders of this sale were never accepted in Redis (e.g. {phantom[0]})")
     return r
 
 

@@ -107,3 +107,76 @@ async def test_distributed_show_shape_host_sets_up_and_workers_find_the_sale(
     assert count(stats, "POST", "/api/sales/[id]/start") == 1
     assert count(stats, "WS", "connect") == 4 and count(stats, "WS", "recv snapshot") == 4
     assert count(stats, "ORDER", "reserved") == len(orders) > 0
+
+
+class _DroppingProxy:
+    """A loopback TCP proxy in front of the real server that loses the first response to each request
+    whose request line contains one of `paths`: the server did the work, the client sees its
+    connection drop (what a 503 after the write, or a broken connection, looks like to a buyer)."""
+
+    def __init__(self, port: int, paths: tuple[bytes, ...]) -> None:
+        self.port, self.pending = port, set(paths)
+        self.dropped: list[bytes] = []
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _client(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.port)
+        drop = asyncio.Event()
+
+        async def up() -> None:
+            while data := await cr.read(65536):
+                line = data.split(b"\r\n", 1)[0]
+                for p in list(self.pending):
+                    if p in line:
+                        self.pending.discard(p)
+                        self.dropped.append(p)
+                        drop.set()
+                uw.write(data)
+                await uw.drain()
+
+        async def down() -> None:
+            while data := await ur.read(65536):
+                if drop.is_set():
+                    return  # the answer is lost: close without relaying it
+                cw.write(data)
+                await cw.drain()
+
+        tasks = [asyncio.create_task(up()), asyncio.create_task(down())]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for w in (cw, uw):
+            w.close()
+
+
+async def test_buyer_whose_answer_was_lost_counts_the_order_it_got_on_retry(
+        api: Api, settings: Settings, tmp_path: Path) -> None:
+    """A reserve (and a pay) whose answer is lost is retried with the same key; the retry's 200 with the
+    same order (and the pay retry's 409 `order_not_pending` with status `paid`) count as `reserved`
+    (and `paid`), so Locust's counts still equal the orders Redis holds."""
+    s = await api.setup_sale(stock=50, per_user_limit=1, hold_s=30)
+    proxy = _DroppingProxy(api.server.port, (b"/orders HTTP", b"/pay HTTP"))
+    url = await proxy.start()
+    try:
+        rows = await run_locust(settings, url, tmp_path, "BuyerUser", "-u", "1", "-r", "1", "--pay-ratio", "1",
+                                "--sale-id", s["sale_id"], "--stream-id", s["stream_id"], seconds=5)
+    finally:
+        await proxy.stop()
+    assert sorted(proxy.dropped) == [b"/orders HTTP", b"/pay HTTP"]
+    r = aioredis.Redis.from_url(settings.redis_url or "")
+    orders = verify.parse_orders(await r.hgetall(f"{{sale:{s['sale_id']}}}:orders"))
+    await r.aclose()
+    outcomes = {name: e["num_requests"] for (kind, name), e in rows.items() if kind == "ORDER"}
+    assert count(rows, "ORDER", "reserved") == len(orders) > 0, outcomes
+    assert count(rows, "ORDER", "paid") == sum(1 for o in orders.values() if o.status == "paid"), outcomes
+    assert set(outcomes) <= {"reserved", "paid", "retry_same_order"}, outcomes

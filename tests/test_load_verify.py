@@ -118,3 +118,42 @@ async def test_unknown_sale_exits_2(settings: Settings) -> None:
     """A sale id with no Redis state is a usage error (exit 2), not a pass."""
     proc = await asyncio.to_thread(_cli, settings, "sa000000000000")
     assert proc.returncode == 2 and "no sale" in proc.stderr
+
+
+async def _sql(settings: Settings, statement: str, **params: object) -> None:
+    from livesale.db import make_engine
+
+    engine = make_engine(settings.database_url or "")
+    async with engine.begin() as conn:
+        await conn.execute(sa.text(statement), params)
+    await engine.dispose()
+
+
+async def test_sql_row_disagreeing_with_redis_is_reported(api: Api, settings: Settings) -> None:
+    """An SQL row whose quantity or buyer differs from the order Redis accepted fails as sql_mismatch,
+    even when the extra units stay within stock."""
+    sale_id = await _traffic(api)
+    first = await verify.check(settings.redis_url or "", settings.database_url or "", sale_id, wait_s=10)
+    assert first.ok, first.text()
+    r = aioredis.Redis.from_url(settings.redis_url or "")
+    orders = verify.parse_orders(await r.hgetall(f"{{sale:{sale_id}}}:orders"))
+    await r.aclose()
+    victim = next(o.id for o in orders.values() if o.status == "reserved")
+    await _sql(settings, "UPDATE orders SET quantity = quantity + 1 WHERE id = :i", i=victim)
+    report = await verify.check(settings.redis_url or "", settings.database_url or "", sale_id, wait_s=10)
+    assert not report.ok and report.oversold == 0, report.text()
+    assert any(p.startswith("sql_mismatch") and victim in p for p in report.problems), report.problems
+    await _sql(settings, "UPDATE orders SET quantity = quantity - 1, user_id = 'mallory' WHERE id = :i", i=victim)
+    report = await verify.check(settings.redis_url or "", settings.database_url or "", sale_id, wait_s=10)
+    assert any(p.startswith("sql_mismatch") and victim in p for p in report.problems), report.problems
+
+
+async def test_sql_order_unknown_to_redis_is_reported(api: Api, settings: Settings) -> None:
+    """An SQL order row of the sale that Redis never accepted fails as phantom, even within stock."""
+    sale_id = await _traffic(api)
+    await _sql(settings, "INSERT INTO orders (id, sale_id, user_id, idempotency_key, quantity, amount_cents, status,"
+               " version, created_at, updated_at) VALUES (:i, :s, 'mallory', 'forged', 1, 1000, 'paid', 2,"
+               " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)", i=f"{sale_id}.forged", s=sale_id)
+    report = await verify.check(settings.redis_url or "", settings.database_url or "", sale_id, wait_s=10)
+    assert not report.ok and report.oversold == 0, report.text()
+    assert any(p.startswith("phantom") and f"{sale_id}.forged" in p for p in report.problems), report.problems

@@ -92,3 +92,74 @@ async def test_concurrent_pins_leave_snapshot_and_live_viewers_agreeing(settings
     finally:
         await r.aclose()
         await asyncio.to_thread(stop_server, srv)
+
+
+async def test_stream_times_are_rfc3339_with_milliseconds(api: Api) -> None:
+    """created_at, started_at and ended_at use the API's one time format (docs/api.md): milliseconds and a Z."""
+    import re
+
+    ht = api.server.token("tess", "host")
+    st, s = await api.call("POST", "/api/streams", token=ht, json={"title": "Clock"})
+    assert st == 201
+    await api.call("POST", f"/api/streams/{s['id']}/start", token=ht)
+    st, ended = await api.call("POST", f"/api/streams/{s['id']}/end", token=ht)
+    assert st == 200
+    fmt = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+    for name in ("created_at", "started_at", "ended_at"):
+        assert fmt.match(ended[name]), (name, ended[name])
+
+
+async def test_start_and_end_at_once_leave_viewers_redis_and_sql_on_ended(settings: Settings, redis_url: str) -> None:
+    """A start and an end of one stream at once, over two server processes: when both succeed, the last
+    `stream` event viewers got says `ended`, as do the stream view and the SQL record."""
+    import sqlalchemy as sa
+
+    from livesale.db import make_engine
+
+    srv = await asyncio.to_thread(spawn_server, settings, workers=2)
+    r = aioredis.Redis.from_url(redis_url)
+    engine = make_engine(settings.sql_url)
+    try:
+        async with Api(srv) as api, Api(srv) as other:
+            host = srv.token("racer", "host")
+            both = 0
+            for _ in range(40):
+                st, s = await api.call("POST", "/api/streams", token=host, json={"title": "race"})
+                sid = s["id"]
+                (st1, _), (st2, _) = await asyncio.gather(
+                    api.call("POST", f"/api/streams/{sid}/start", token=host),
+                    other.call("POST", f"/api/streams/{sid}/end", token=host))
+                if (st1, st2) != (200, 200):
+                    continue
+                both += 1
+                log = [orjson.loads(d[b"d"]) for _, d in await r.xrange(log_key(sid))]
+                assert [ev["status"] for ev in log if ev["type"] == "stream"][-1] == "ended", log
+                st, view = await api.call("GET", f"/api/streams/{sid}")
+                assert view["status"] == "ended"
+                async with engine.connect() as conn:
+                    row = (await conn.execute(sa.text("SELECT status FROM streams WHERE id = :i"), {"i": sid})).one()
+                assert row.status == "ended", sid
+            assert both > 0
+    finally:
+        await engine.dispose()
+        await r.aclose()
+        await asyncio.to_thread(stop_server, srv)
+
+
+async def test_viewer_sees_the_stream_end_and_its_sale_end(api: Api) -> None:
+    """A connected viewer gets `stream {status: ended}` and then the `sale` event ending the stream's
+    running sale, in seq order; the socket stays open (DESIGN.md names no close for an ended stream)."""
+    from tests.test_realtime_ws import collect, of_type, viewer
+
+    s = await api.setup_sale()
+    async with viewer(api.server, s["stream_id"], "vera") as (ws, first):
+        snap = of_type(first, "snapshot")[0]
+        assert snap["stream"]["status"] == "live"
+        st, _ = await api.call("POST", f"/api/streams/{s['stream_id']}/end", token=s["host_token"])
+        assert st == 200
+        evs = await collect(ws, lambda evs: bool(of_type(evs, "sale")))
+        logged = [e for e in evs if "seq" in e]
+        assert [(e["type"], e["status"]) for e in logged] == [("stream", "ended"), ("sale", "ended")]
+        assert logged[0]["seq"] == snap["seq"] + 1 and logged[1]["seq"] == snap["seq"] + 2
+        await ws.send('{"type": "ping"}')
+        assert of_type(await collect(ws, lambda evs: bool(of_type(evs, "pong"))), "pong")
