@@ -18,14 +18,14 @@ from live import keys
 from live.schema import streams
 from live.streams import _ALLOWED, StreamStatus, can_pin, transition
 from livesale.auth import User, require_role
-from livesale.bus import channel, log_key, seq_key
+from livesale.bus import LOG_PRELUDE, channel, log_key, seq_key
 from livesale.codes import ErrorCode
 from livesale.errors import Conflict, Forbidden, NotFound, Unprocessable
 from livesale.redis_client import LuaScript
 from livesale.services import SERVICES, Services
 from livesale.web import current_user, guarded, json_response, read_json
 
-_CAS = LuaScript(Path(__file__).with_name("stream_cas.lua"))
+_CAS = LuaScript(Path(__file__).with_name("stream_cas.lua"), LOG_PRELUDE)
 
 
 def iso(ts: float | str | None) -> str | None:

@@ -5,17 +5,13 @@
 -- status, ARGV[3] comma-separated allowed current states, ARGV[4] timestamp field, ARGV[5] timestamp,
 -- ARGV[6] channel, ARGV[7] event JSON without its closing brace, ARGV[8] max log length.
 -- Returns {1, seq} or {0, current}; current is false when the stream does not exist.
--- The event is appended and published as livesale/bus_publish.lua does (keep the two alike).
+-- The event goes out through append_log (livesale/bus_log.lua), as bus_publish.lua's do.
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0, false} end
 for s in string.gmatch(ARGV[3], '[^,]+') do
   if s == cur then
     redis.call('HSET', KEYS[1], 'status', ARGV[2], ARGV[4], ARGV[5])
-    local seq = redis.call('INCR', KEYS[2])
-    local payload = ARGV[7] .. ',"seq":' .. seq .. '}'
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], seq .. '-0', 'd', payload)
-    redis.call('PUBLISH', ARGV[6], payload)
-    return {1, seq}
+    return {1, append_log(KEYS[2], KEYS[3], ARGV[6], ARGV[7], ARGV[8])}
   end
 end
 return {0, cur}

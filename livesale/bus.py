@@ -20,7 +20,9 @@ from livesale.redis_client import LuaScript
 LOG_TYPES = frozenset({"comment", "comment_deleted", "pin", "sale", "stream"})
 STATE_TYPES = frozenset({"likes", "stock", "viewers"})
 
-_PUBLISH = LuaScript(Path(__file__).with_name("bus_publish.lua"))
+# append_log(): the one way a stream-log event is written (bus_publish.lua, live/stream_cas.lua).
+LOG_PRELUDE = Path(__file__).with_name("bus_log.lua").read_text()
+_PUBLISH = LuaScript(Path(__file__).with_name("bus_publish.lua"), LOG_PRELUDE)
 
 
 def channel(stream_id: str) -> str:
