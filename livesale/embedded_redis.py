@@ -111,8 +111,11 @@ class EmbeddedRedis:
         raise RuntimeError(f"embedded redis-server did not start; see {self.data_dir / 'redis.log'}")
 
     def _spawn(self, binary: str) -> None:
+        # A process group of its own: Ctrl-C in a terminal signals the foreground group, and Redis
+        # must outlive our shutdown (which still writes to it); stop() ends it afterwards.
         self.proc = subprocess.Popen(  # noqa: S603
-            self._args(binary), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_preexec()
+            self._args(binary), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_preexec(),
+            process_group=0,
         )
 
     def _wait_ready(self, timeout: float) -> bool:

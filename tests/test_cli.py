@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
 from live.cli import _parser, main
 from livesale.auth import Verifier
 from livesale.config import Settings
+from livesale.embedded_redis import free_port
 from tests.helpers import spawn_server, stop_server
 
 SECRET = "cli-test-secret-0123456789abcdef0123456789"
@@ -66,3 +71,34 @@ def test_serve_with_workers_stopped_by_sigterm_exits_0(settings: Settings) -> No
     srv = spawn_server(settings, workers=2)
     stop_server(srv)
     assert srv.proc is not None and srv.proc.returncode == 0
+
+
+def test_ctrl_c_stops_the_server_before_its_embedded_redis(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal signals the whole foreground process group. The embedded redis-server is
+    outside it: the server shuts down with Redis still up (flushing what it holds), then stops Redis
+    itself with SIGTERM; Redis never sees the SIGINT."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env.update(LIVESALE_DATA=str(tmp_path), LIVESALE_SECRET=SECRET)
+    with open(tmp_path / "server.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "live.cli", "serve", "--port", str(port)], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=0.5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                assert time.monotonic() < deadline, "server did not become ready"
+                time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    redis_log = (tmp_path / "redis" / "redis.log").read_text()
+    assert "Received SIGTERM" in redis_log and "SIGINT" not in redis_log, redis_log[-2000:]
