@@ -109,6 +109,8 @@ async def _transition(request: web.Request, action: str) -> web.Response:
     stream_id = request.match_info["id"]
     stream = await load_stream(svc, stream_id)
     _owner(user, stream)
+    if action == "end" and stream["status"] == StreamStatus.ENDED.value:
+        await _finish_end(svc, stream_id)  # then the 409 below, as for any end of an ended stream
     new = transition(stream["status"], action)  # fast, friendly 409 before touching Redis
     allowed = ",".join(s.value for s in _ALLOWED[action])
     now = datetime.now(UTC)
@@ -127,6 +129,18 @@ async def _transition(request: web.Request, action: str) -> web.Response:
     if new is StreamStatus.ENDED:
         await commerce.sales.end_for_stream(svc, stream_id)
     return json_response(await stream_view(svc, stream_id))
+
+
+async def _finish_end(svc: Services, stream_id: str) -> None:
+    """What an end does after its Redis step, done again: an end whose request failed after that
+    step (Redis or SQL lost, a 503) is retried, finds the stream ended, and completes its SQL record
+    and its sales here. Both steps are idempotent."""
+    ended_at = await svc.redis.hget(keys.meta(stream_id), "ended_at")  # type: ignore[misc]
+    when = datetime.fromtimestamp(float(ended_at), UTC) if ended_at else datetime.now(UTC)
+    async with svc.db.begin() as conn:
+        await conn.execute(streams.update().where(streams.c.id == stream_id, streams.c.status != "ended")
+                           .values(status="ended", ended_at=when))
+    await commerce.sales.end_for_stream(svc, stream_id)
 
 
 async def start_stream(request: web.Request) -> web.Response:

@@ -8,10 +8,14 @@ import os
 import orjson
 import pytest
 import redis.asyncio as aioredis
+import sqlalchemy as sa
 
+from live import keys as live_keys
+from live.schema import streams
 from live.streams import StreamStatus, transition
 from livesale.bus import log_key
 from livesale.config import Settings
+from livesale.db import make_engine
 from livesale.errors import Conflict
 from tests.helpers import Api, spawn_server, stop_server
 
@@ -163,3 +167,25 @@ async def test_viewer_sees_the_stream_end_and_its_sale_end(api: Api) -> None:
         assert logged[0]["seq"] == snap["seq"] + 1 and logged[1]["seq"] == snap["seq"] + 2
         await ws.send('{"type": "ping"}')
         assert of_type(await collect(ws, lambda evs: bool(of_type(evs, "pong"))), "pong")
+
+
+async def test_an_end_retried_after_it_failed_midway_finishes_it(api: Api, redis_url: str) -> None:
+    """The first end got through its Redis step and then failed (Redis or SQL lost: a 503), leaving the
+    stream's sale running and SQL saying live. The retry is 409 (the stream is ended, as DESIGN has
+    it) and completes the rest: the sale ends and SQL says ended."""
+    s = await api.setup_sale(stock=5)
+    stream_id, host = s["stream_id"], s["host_token"]
+    r = aioredis.Redis.from_url(redis_url)
+    await r.hset(live_keys.meta(stream_id), mapping={"status": "ended", "ended_at": "1795500000.5"})
+    await r.aclose()
+    st, sale = await api.call("GET", f"/api/sales/{s['sale_id']}")
+    assert sale["status"] == "active"  # what the failed end left behind
+    st, body = await api.call("POST", f"/api/streams/{stream_id}/end", token=host)
+    assert st == 409 and body["error"] == "invalid_state", body
+    st, sale = await api.call("GET", f"/api/sales/{s['sale_id']}")
+    assert sale["status"] == "ended", sale
+    engine = make_engine(api.server.settings.sql_url)
+    async with engine.connect() as conn:
+        row = (await conn.execute(sa.select(streams).where(streams.c.id == stream_id))).one()
+    await engine.dispose()
+    assert row.status == "ended" and row.ended_at is not None
