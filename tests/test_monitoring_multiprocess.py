@@ -105,4 +105,5 @@ async def test_two_workers_metrics_cover_both_workers(settings: Settings, tmp_pa
             assert value(await scrape(fresh, srv.url), HTTP, **SALE_ROUTE) == sent + 1
     finally:
         await asyncio.to_thread(stop_server, srv)
-    assert srv.proc is not None and srv.proc.returncode == 0
+    # The parent stopped cleanly, but one of its workers was killed under it: exit 1 (live/cli.py).
+    assert srv.proc is not None and srv.proc.returncode == 1
