@@ -68,7 +68,7 @@ async def get_sale(request: web.Request) -> web.Response:
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
     svc = app[SERVICES]
-    com = Commerce(svc, load_provider(svc.settings.payment_provider))
+    com = Commerce(svc, load_provider(svc.settings.payment_provider, svc.redis))
     app[COMMERCE] = com
     com.stock.start()
     await com.reserver.warm()

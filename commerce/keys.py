@@ -52,3 +52,8 @@ def sale_of_order(order_id: str) -> str:
     """Order ids are `<sale id>.<random>`: the sale (and so the slot) is known from the id alone."""
     sale_id, sep, _ = order_id.partition(".")
     return sale_id if sep else ""
+
+
+# The built-in TestProvider's own records, shared by every process (Stripe keeps charges server-side).
+TEST_CHARGES = "{testpay}:charges"  # hash: <idempotency key>:<method> -> charge id, ok flag, decline code
+TEST_REFUNDED = "{testpay}:refunded"  # set of refunded charge ids

@@ -8,6 +8,10 @@ import secrets
 from dataclasses import dataclass
 from typing import Protocol
 
+import redis.asyncio as aioredis
+
+from commerce import keys
+
 
 @dataclass(frozen=True, slots=True)
 class Charge:
@@ -49,7 +53,11 @@ class TestProvider:
         "pm_card_chargeDeclinedFraudulent": "fraudulent",
     }
 
-    def __init__(self) -> None:
+    def __init__(self, redis: aioredis.Redis | None = None) -> None:
+        # With Redis, the charges live there, as they live at Stripe: every process (--workers N) sees
+        # the same charge for a key, and the reconciler finds a charge another process made. Without,
+        # they are this process' own. `_charges` and `refunded` hold what this process saw either way.
+        self.redis = redis
         self._charges: dict[str, Charge] = {}
         self.refunded: set[str] = set()
 
@@ -59,22 +67,50 @@ class TestProvider:
         key = f"{idempotency_key}:{method}"
         if key not in self._charges:
             ok = method in self.SUCCEED
-            self._charges[key] = Charge("ch_" + secrets.token_hex(8), ok, self.DECLINE.get(method, ""))
+            new = Charge("ch_" + secrets.token_hex(8), ok, self.DECLINE.get(method, ""))
+            if self.redis is not None:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.hsetnx(keys.TEST_CHARGES, key, _encode(new))
+                    pipe.hget(keys.TEST_CHARGES, key)
+                    new = _decode((await pipe.execute())[1])  # the first charge made with this key
+            self._charges[key] = new
         return self._charges[key]
 
     async def refund(self, charge_id: str) -> None:
+        if self.redis is not None:
+            await self.redis.sadd(keys.TEST_REFUNDED, charge_id)  # type: ignore[misc]
         self.refunded.add(charge_id)
 
     async def lookup(self, idempotency_key: str, method: str) -> Charge | None:
-        # In memory: a charge this process made (a real provider is asked; Stripe: search by metadata).
-        return self._charges.get(f"{idempotency_key}:{method}")
+        key = f"{idempotency_key}:{method}"
+        if self.redis is not None and key not in self._charges:
+            raw = await self.redis.hget(keys.TEST_CHARGES, key)  # type: ignore[misc]
+            if raw is not None:
+                self._charges[key] = _decode(raw)
+        return self._charges.get(key)
+
+    async def was_refunded(self, charge_id: str) -> bool:
+        """Whether any process refunded this charge (tests and the demo's operator)."""
+        if charge_id in self.refunded:
+            return True
+        return self.redis is not None and bool(await self.redis.sismember(keys.TEST_REFUNDED, charge_id))  # type: ignore[misc]
 
 
-def load_provider(spec: str) -> PaymentProvider:
+def _encode(c: Charge) -> str:
+    return f"{c.id}:{int(c.ok)}:{c.decline_code}"
+
+
+def _decode(raw: bytes) -> Charge:
+    cid, ok, decline = raw.decode().split(":", 2)
+    return Charge(cid, ok == "1", decline)
+
+
+def load_provider(spec: str, redis: aioredis.Redis | None = None) -> PaymentProvider:
     """The provider named by LIVESALE_PAYMENT_PROVIDER ("package.module:factory"), or the built-in
-    TestProvider when it is empty. A name that does not resolve stops the server at startup."""
+    TestProvider (its charges kept in `redis`) when it is empty. A name that does not resolve stops
+    the server at startup."""
     if not spec:
-        return TestProvider()
+        return TestProvider(redis)
     module, _, attr = spec.partition(":")
     if not module or not attr:
         raise ValueError(f"LIVESALE_PAYMENT_PROVIDER must be 'package.module:factory', not {spec!r}")

@@ -14,8 +14,9 @@ settles them by what the order became:
   - `paid` by this attempt's charge: `settled`;
   - paid by another charge, expired or cancelled: the charge, if there is one, is refunded
     (`refunded`); a declined charge is just `settled`, and so is one no one finds an hour after the
-    hold ended (`NO_CHARGE_SETTLE_S`: the built-in TestProvider knows only its own process' charges,
-    and a charge can be made until the hold ends, which may be a day after the attempt opened).
+    hold ended (`NO_CHARGE_SETTLE_S`: a provider's search may lag its charges, a provider kept in
+    memory knows only its own process' charges, and a charge can be made until the hold ends, which
+    may be a day after the attempt opened).
 It asks the provider for the charge (`PaymentProvider.lookup`) and never makes one. Two processes
 reconciling at once claim each attempt with a conditional UPDATE, and refunds are idempotent at the
 provider anyway.
@@ -139,9 +140,10 @@ class Reconciler:
         # attempt was opened; the wait for an unseen one counts from the later of the two.
         last_chance = max(_aware(row.created_at), datetime.fromtimestamp(int(hold_ms or 0) / 1000, UTC))
         if charge is None and last_chance > _now() - timedelta(seconds=NO_CHARGE_SETTLE_S):
-            # No charge found. With a real provider that means none was made (the process died before
-            # charging). The built-in TestProvider only knows its own process' charges, though: under
-            # --workers N the one that made it may still find it. Left open until NO_CHARGE_SETTLE_S.
+            # No charge found. With a provider that sees every charge at once (a real one, or the
+            # built-in one on Redis) that means none was made (the process died before charging).
+            # One whose search lags, or that lives in one process' memory, may find it later: left
+            # open until NO_CHARGE_SETTLE_S.
             return 0
         if charge is None or not charge.ok:
             state, charge_id = SETTLED, charge.id if charge else None
