@@ -29,7 +29,8 @@ HUB = web.AppKey("realtime_hub", Hub)
 
 def _since(raw: str | None) -> int | None:
     """A `since` that is not a non-negative integer is ignored: the viewer gets a snapshot."""
-    if raw is None or not raw.isdigit() or len(raw) > 18:
+    # isascii: str.isdigit() also holds for "²" (int() refuses it) and "١" (int() reads it as 1).
+    if raw is None or not raw.isascii() or not raw.isdigit() or len(raw) > 18:
         return None
     return int(raw)
 

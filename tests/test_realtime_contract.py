@@ -3,9 +3,11 @@ loopback, real `websockets` clients, real Redis."""
 
 from __future__ import annotations
 
+import websockets
+
 from livesale.codes import CloseCode
 from tests.helpers import Api
-from tests.test_realtime_ws import closed_code, collect, of_type, viewer
+from tests.test_realtime_ws import closed_code, collect, of_type, recv_events, send, viewer
 
 
 async def test_a_frame_of_exactly_4096_bytes_is_read_one_byte_more_closes_1009(api: Api) -> None:
@@ -17,3 +19,16 @@ async def test_a_frame_of_exactly_4096_bytes_is_read_one_byte_more_closes_1009(a
         assert of_type(await collect(ws, lambda ev: bool(of_type(ev, "pong"))), "pong")
         await ws.send(ping + b" " * (4097 - len(ping)), text=True)
         assert await closed_code(ws) == CloseCode.MESSAGE_TOO_BIG
+
+
+async def test_since_that_is_not_an_ascii_integer_gets_a_snapshot(api: Api) -> None:
+    """`since` values str.isdigit() accepts but that are not a plain non-negative integer ("²", "١")
+    are ignored like any other bad `since`: the viewer gets a snapshot, not a broken socket."""
+    s = await api.setup_sale()
+    for raw in ("%C2%B2", "%D9%A1", "1%C2%B2"):
+        url = f"{api.server.ws_url}/ws/streams/{s['stream_id']}?since={raw}"
+        async with websockets.connect(url) as ws:
+            first = await recv_events(ws)
+            assert [e["type"] for e in first] == ["snapshot"], raw
+            await send(ws, {"type": "ping"})
+            assert of_type(await collect(ws, lambda ev: bool(of_type(ev, "pong"))), "pong")
