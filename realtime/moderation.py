@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from livesale.bus import log_key
+from livesale.bus import log_key, now_ms
 from livesale.errors import Forbidden, NotFound, Unprocessable
 from livesale.redis_client import redis_errors
 from livesale.web import current_user, guarded, json_response, read_json
@@ -24,6 +24,12 @@ from realtime.handler import HUB
 from realtime.snapshot import log_events
 
 MAX_MUTE_S = 30 * 86400
+
+
+def _iso_ms(ms: int) -> str:
+    """Epoch milliseconds as the API's one time format (docs/api.md): `2026-11-24T17:01:10.460Z`."""
+    sec, milli = divmod(ms, 1000)
+    return f"{datetime.fromtimestamp(sec, UTC):%Y-%m-%dT%H:%M:%S}.{milli:03d}Z"
 
 
 async def _authorize(request: web.Request) -> str:
@@ -75,9 +81,7 @@ async def mute(request: web.Request) -> web.Response:
     svc = request.app[HUB].svc
     with redis_errors():
         await svc.redis.set(keys.muted(stream_id, user), b"1", ex=duration)
-    until = None
-    if duration is not None:
-        until = datetime.fromtimestamp(datetime.now(UTC).timestamp() + duration, UTC).isoformat().replace("+00:00", "Z")
+    until = None if duration is None else _iso_ms(now_ms() + duration * 1000)
     return json_response({"user": user, "muted": True, "until": until})
 
 

@@ -3,6 +3,10 @@ loopback, real `websockets` clients, real Redis."""
 
 from __future__ import annotations
 
+import re
+import time
+from datetime import datetime
+
 import websockets
 
 from livesale.codes import CloseCode
@@ -32,3 +36,16 @@ async def test_since_that_is_not_an_ascii_integer_gets_a_snapshot(api: Api) -> N
             assert [e["type"] for e in first] == ["snapshot"], raw
             await send(ws, {"type": "ping"})
             assert of_type(await collect(ws, lambda ev: bool(of_type(ev, "pong"))), "pong")
+
+
+async def test_mute_until_is_an_api_time_with_milliseconds(api: Api) -> None:
+    """A timed mute's `until` is written like every API time (docs/api.md): UTC, milliseconds and a Z,
+    `duration_s` from now."""
+    s = await api.setup_sale(host="hosty")
+    before = time.time()
+    st, body = await api.call("POST", f"/api/streams/{s['stream_id']}/mutes",
+                              token=api.server.token("mod", "moderator"), json={"user": "mal", "duration_s": 90})
+    assert st == 200, body
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", body["until"]), body["until"]
+    until = datetime.fromisoformat(body["until"].replace("Z", "+00:00")).timestamp()
+    assert before + 90 - 0.001 <= until <= time.time() + 90
