@@ -3,13 +3,17 @@ loopback, real `websockets` clients, real Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from datetime import datetime
 
+import orjson
 import websockets
 
+from livesale.bus import log_key
 from livesale.codes import CloseCode
+from livesale.services import SERVICES
 from tests.helpers import Api
 from tests.test_realtime_ws import closed_code, collect, of_type, recv_events, send, viewer
 
@@ -49,3 +53,24 @@ async def test_mute_until_is_an_api_time_with_milliseconds(api: Api) -> None:
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", body["until"]), body["until"]
     until = datetime.fromisoformat(body["until"].replace("Z", "+00:00")).timestamp()
     assert before + 90 - 0.001 <= until <= time.time() + 90
+
+
+async def test_a_comment_deleted_by_several_moderators_at_once_is_deleted_once(api: Api) -> None:
+    """Deletes of one comment arriving together (two moderators, a double tap) publish one
+    comment_deleted; every answer carries its seq (docs/realtime.md: "deleting twice returns the first
+    deletion's seq and publishes nothing")."""
+    s = await api.setup_sale(host="hosty")
+    sid = s["stream_id"]
+    async with viewer(api.server, sid, "troll") as (ws, _):
+        for i in range(4):
+            await send(ws, {"type": "comment", "text": f"bad {i}"})
+        comments = of_type(await collect(ws, lambda ev: len(of_type(ev, "comment")) >= 4), "comment")
+    redis = api.server.app[SERVICES].redis  # type: ignore[index]
+    for c in comments:
+        path = f"/api/streams/{sid}/comments/{c['id']}"
+        answers = await asyncio.gather(*(api.call("DELETE", path, token=api.server.token(f"mod{i}", "moderator"))
+                                         for i in range(8)))
+        assert {st for st, _ in answers} == {200}, answers
+        log = [orjson.loads(f[b"d"]) for _id, f in await redis.xrange(log_key(sid))]
+        deletions = [d["seq"] for d in log if d["type"] == "comment_deleted" and d["id"] == c["id"]]
+        assert len(deletions) == 1 and {body["seq"] for _, body in answers} == set(deletions), (deletions, answers)
