@@ -20,7 +20,7 @@ from livesale.redis_client import REDIS_DOWN
 from monitoring import metrics as m
 from realtime import keys, protocol, snapshot, state
 from realtime.conn import Conn
-from realtime.hub import Hub
+from realtime.hub import REDIS_UNUSABLE, Hub, raise_unless_refused
 from realtime.limits import FloodGuard
 from realtime.protocol import Comment, Like, Ping, ProtocolError
 
@@ -172,7 +172,8 @@ async def _comment(hub: Hub, conn: Conn, cmd: Comment) -> ProtocolError | None:
             "type": "comment", "id": secrets.token_hex(8), "user": uid, "text": cmd.text, "ts": now_ms()})
         if m.ENABLED:
             m.WS_PUBLISHED.labels("comment").inc()
-    except REDIS_DOWN:
+    except REDIS_UNUSABLE as exc:
+        raise_unless_refused(exc)
         if m.ENABLED:
             m.REDIS_ERRORS.labels("ws_comment").inc()
         return ProtocolError(ErrorCode.UNAVAILABLE, "comments are unavailable; try again")

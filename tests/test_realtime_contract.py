@@ -9,6 +9,7 @@ import time
 from datetime import datetime
 
 import orjson
+import redis as syncredis
 import websockets
 
 from livesale.bus import log_key
@@ -74,3 +75,29 @@ async def test_a_comment_deleted_by_several_moderators_at_once_is_deleted_once(a
         log = [orjson.loads(f[b"d"]) for _id, f in await redis.xrange(log_key(sid))]
         deletions = [d["seq"] for d in log if d["type"] == "comment_deleted" and d["id"] == c["id"]]
         assert len(deletions) == 1 and {body["seq"] for _, body in answers} == set(deletions), (deletions, answers)
+
+
+async def test_a_redis_refusing_writes_for_a_while_stops_nothing_for_good(api: Api, redis_url: str) -> None:
+    """While Redis refuses writes (maxmemory reached: OOM), a comment gets `error` `unavailable` and
+    the socket stays open; once Redis writes again, comments, likes totals and viewer counts move again."""
+    s = await api.setup_sale()
+    sid = s["stream_id"]
+    c = syncredis.Redis.from_url(redis_url)
+    async with viewer(api.server, sid, "una") as (ws, _):
+        c.config_set("maxmemory", "1")
+        try:
+            await send(ws, {"type": "comment", "text": "while full"})
+            await send(ws, {"type": "like", "count": 3})
+            errors = of_type(await collect(ws, lambda ev: bool(of_type(ev, "error"))), "error")
+            assert [e["code"] for e in errors] == ["unavailable"]
+            await asyncio.sleep(1.5)  # the hub's likes flush and viewers report run and are refused
+        finally:
+            c.config_set("maxmemory", "0")
+            c.close()
+        async with viewer(api.server, sid) as (watch, _):
+            await send(ws, {"type": "comment", "text": "back"})
+            await send(ws, {"type": "like", "count": 4})
+            got = await collect(watch, lambda ev: bool(of_type(ev, "comment")) and any(
+                e["type"] == "likes" and e["total"] == 7 for e in ev) and any(
+                e["type"] == "viewers" and e["count"] == 2 for e in ev))
+            assert [e["text"] for e in of_type(got, "comment")] == ["back"]
