@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from redis import exceptions as rx
 from redis.asyncio.client import PubSub
 
 from livesale.bus import STATE_TYPES, channel
 from livesale.codes import CloseCode
-from livesale.redis_client import REDIS_DOWN
+from livesale.redis_client import REDIS_DOWN, refuses_writes
 from livesale.services import Services
 from livesale.tasks import pause, raise_if_cancelling
 from monitoring import metrics as m
@@ -37,6 +38,16 @@ from realtime.protocol import WordFilter
 log = logging.getLogger("livesale.realtime")
 
 SnapshotSource = Callable[[Services, str], Awaitable[dict[str, Any] | None]]
+
+# A lost Redis, and one that answers but refuses writes (OOM, READONLY, ...): the hub retries both
+# later, as the HTTP API answers both with 503. A loop that died on a refusal would stop flushing
+# likes or reporting viewers for good. Catch these, then `raise_unless_refused` (other reply errors are bugs).
+REDIS_UNUSABLE = (*REDIS_DOWN, rx.ResponseError)
+
+
+def raise_unless_refused(exc: BaseException) -> None:
+    if isinstance(exc, rx.ResponseError) and not refuses_writes(exc):
+        raise exc
 
 
 def _env_float(name: str, default: float) -> float:
@@ -201,7 +212,7 @@ class Hub:
                 await t
         await self._flush_likes()
         for room in list(self.rooms.values()):
-            with contextlib.suppress(*REDIS_DOWN):
+            with contextlib.suppress(*REDIS_UNUSABLE):
                 await state.report_viewers(self.svc.redis, room.stream_id, self.proc, 0, 0)
         if self._pubsub is not None:
             with contextlib.suppress(*REDIS_DOWN):
@@ -252,9 +263,10 @@ class Hub:
                 await self._pubsub.unsubscribe(channel(sid))
             try:
                 await state.report_viewers(self.svc.redis, sid, self.proc, 0, 0)
-            except REDIS_DOWN:
+            except REDIS_UNUSABLE as exc:
                 # The entry expires on its own (viewers_ttl_s); the other rooms still get dropped.
                 raise_if_cancelling()
+                raise_unless_refused(exc)
                 if m.ENABLED:
                     m.REDIS_ERRORS.labels("ws_viewers").inc()
 
@@ -306,8 +318,9 @@ class Hub:
                 await state.add_likes(self.svc.redis, sid, n)
                 if m.ENABLED:
                     m.WS_PUBLISHED.labels("likes").inc()
-            except REDIS_DOWN:
+            except REDIS_UNUSABLE as exc:
                 raise_if_cancelling()
+                raise_unless_refused(exc)
                 self.likes.restore({sid: n})
                 if m.ENABLED:
                     m.REDIS_ERRORS.labels("ws_likes").inc()
@@ -322,8 +335,9 @@ class Hub:
                 now = time.monotonic()
                 self.comment_limit.purge(now)
                 self.like_cap.purge(now)
-            except REDIS_DOWN:
+            except REDIS_UNUSABLE as exc:
                 raise_if_cancelling()
+                raise_unless_refused(exc)
                 if m.ENABLED:
                     m.REDIS_ERRORS.labels("ws_viewers").inc()
             await pause(self.cfg.viewers_interval_s)
