@@ -19,7 +19,7 @@ from aiohttp import web
 from commerce import inventory, keys, settlement
 from commerce.inventory import Reserver, UnknownSale
 from commerce.payments import PaymentProvider, ProviderUnavailable, UnknownPaymentMethod
-from commerce.sales import SALE_ID_RE, StockNotices, iso_ms
+from commerce.sales import SALE_ID_RE, StockNotices
 from commerce.schema import orders as orders_table
 from livesale.auth import User
 from livesale.codes import ErrorCode
@@ -34,6 +34,7 @@ from livesale.errors import (
 )
 from livesale.redis_client import redis_errors
 from livesale.services import SERVICES, Services
+from livesale.times import iso_ms
 from livesale.web import json_bytes_response, json_response, parse_json_object, read_body, read_json
 from monitoring import metrics as m
 

@@ -16,6 +16,7 @@ from livesale.codes import ErrorCode
 from livesale.errors import Conflict, NotFound, Unprocessable
 from livesale.services import Services
 from livesale.tasks import pause
+from livesale.times import iso_ms
 
 SALE_ID_RE = re.compile(r"^sa[0-9a-f]{12}$")
 LIMITS = {
@@ -25,20 +26,6 @@ LIMITS = {
     "duration_s": (1, 7 * 86400),
     "hold_s": (1, 86400),
 }
-
-
-_SECOND: list[Any] = [None, ""]  # the last whole second formatted, and its text (reserves share it)
-
-
-def iso_ms(ms: int | None) -> str | None:
-    """Epoch milliseconds as `2026-11-24T19:15:28.123Z`."""
-    if not ms:
-        return None
-    sec, milli = divmod(ms, 1000)
-    if _SECOND[0] != sec:
-        _SECOND[1] = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _SECOND[0] = sec
-    return f"{_SECOND[1]}.{milli:03d}Z"
 
 
 def parse_time(value: Any) -> int:

@@ -23,6 +23,7 @@ from livesale.codes import ErrorCode
 from livesale.errors import Conflict, Forbidden, NotFound, Unprocessable
 from livesale.redis_client import LuaScript
 from livesale.services import SERVICES, Services
+from livesale.times import iso_ms
 from livesale.web import current_user, guarded, json_response, read_json
 
 _CAS = LuaScript(Path(__file__).with_name("stream_cas.lua"), LOG_PRELUDE)
@@ -32,7 +33,7 @@ def iso(ts: float | str | None) -> str | None:
     """Epoch seconds as the API's one time format (docs/api.md): `2026-11-24T17:01:10.460Z`."""
     if ts in (None, b"", ""):
         return None
-    return commerce.sales.iso_ms(round(float(ts) * 1000))  # type: ignore[arg-type]
+    return iso_ms(round(float(ts) * 1000))  # type: ignore[arg-type]
 
 
 async def load_stream(svc: Services, stream_id: str) -> dict[str, Any]:

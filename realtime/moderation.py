@@ -8,7 +8,6 @@ expiring): a host cannot silence a user on other hosts' streams. Muted users' co
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from aiohttp import web
 from livesale.bus import LOG_PRELUDE, channel, log_key, now_ms, seq_key
 from livesale.errors import Forbidden, NotFound, Unprocessable
 from livesale.redis_client import LuaScript, redis_errors
+from livesale.times import iso_ms
 from livesale.web import current_user, guarded, json_response, read_json
 from monitoring import metrics as m
 from realtime import keys
@@ -26,12 +26,6 @@ from realtime.snapshot import log_events
 
 MAX_MUTE_S = 30 * 86400
 _DELETE = LuaScript(Path(__file__).with_name("comment_delete.lua"), LOG_PRELUDE)
-
-
-def _iso_ms(ms: int) -> str:
-    """Epoch milliseconds as the API's one time format (docs/api.md): `2026-11-24T17:01:10.460Z`."""
-    sec, milli = divmod(ms, 1000)
-    return f"{datetime.fromtimestamp(sec, UTC):%Y-%m-%dT%H:%M:%S}.{milli:03d}Z"
 
 
 async def _authorize(request: web.Request) -> str:
@@ -88,7 +82,7 @@ async def mute(request: web.Request) -> web.Response:
     svc = request.app[HUB].svc
     with redis_errors():
         await svc.redis.set(keys.muted(stream_id, user), b"1", ex=duration)
-    until = None if duration is None else _iso_ms(now_ms() + duration * 1000)
+    until = None if duration is None else iso_ms(now_ms() + duration * 1000)
     return json_response({"user": user, "muted": True, "until": until})
 
 
