@@ -44,6 +44,7 @@ class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
     MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011  # a bug of ours while serving the socket: reconnect with backoff
     SERVER_RESTARTING = 4000
     SLOW_CONSUMER = 4008
     RATE_LIMITED = 4029
@@ -53,4 +54,4 @@ class CloseCode(IntEnum):
 
     @property
     def reconnect(self) -> bool:
-        return 4000 <= self.value < 4500 or self.value in (1001, 1009)
+        return 4000 <= self.value < 4500 or self.value in (1001, 1009, 1011)

@@ -7,6 +7,7 @@ The socket is always accepted first; bad tokens and unknown streams are then clo
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 
@@ -23,6 +24,8 @@ from realtime.conn import Conn
 from realtime.hub import REDIS_UNUSABLE, Hub, raise_unless_refused
 from realtime.limits import FloodGuard
 from realtime.protocol import Comment, Like, Ping, ProtocolError
+
+log = logging.getLogger("livesale.realtime")
 
 HUB = web.AppKey("realtime_hub", Hub)
 
@@ -63,6 +66,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     transport = request.transport
     assert transport is not None
     conn = Conn(ws, transport, user, stream_id, cfg.outbound_bytes, cfg.slow_close_s, hub.close_conn)  # type: ignore[arg-type]
+    failed = False
     try:
         try:
             # Before joining: a room for a made-up id would SUBSCRIBE and report viewers to Redis.
@@ -78,11 +82,16 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
         if not found:
             return await _reject(ws, CloseCode.NO_SUCH_STREAM, "no such stream")
         await _receive(hub, conn, ws)
+    except Exception:  # noqa: BLE001 - a bug of ours must not leave the viewer on a silent open socket
+        log.exception("websocket on stream %s failed", stream_id)
+        failed = True
     finally:
         hub.leave(conn)
         conn.closed = True
         if conn.writer is not None:
             conn.writer.cancel()
+    if failed and conn.closing is None and not ws.closed:
+        return await _reject(ws, CloseCode.INTERNAL_ERROR, "internal error; reconnect with backoff")
     if conn.closing is not None:
         await asyncio.shield(conn.closing)
     elif not ws.closed:

@@ -9,12 +9,14 @@ import time
 from datetime import datetime
 
 import orjson
+import pytest
 import redis as syncredis
 import websockets
 
 from livesale.bus import log_key
 from livesale.codes import CloseCode
 from livesale.services import SERVICES
+from realtime import handler
 from tests.helpers import Api
 from tests.test_realtime_ws import closed_code, collect, of_type, recv_events, send, viewer
 
@@ -101,3 +103,24 @@ async def test_a_redis_refusing_writes_for_a_while_stops_nothing_for_good(api: A
                 e["type"] == "likes" and e["total"] == 7 for e in ev) and any(
                 e["type"] == "viewers" and e["count"] == 2 for e in ev))
             assert [e["text"] for e in of_type(got, "comment")] == ["back"]
+
+
+async def test_a_bug_while_serving_a_viewer_closes_1011_not_a_silent_socket(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fault injected into command handling (an exception we did not foresee) closes that viewer with
+    1011 (reconnect with backoff) instead of leaving it on an open socket that says nothing; the room
+    keeps serving the others."""
+    s = await api.setup_sale()
+
+    async def broken(*_: object) -> None:
+        raise RuntimeError("injected")
+
+    async with viewer(api.server, s["stream_id"], "ivy") as (bystander, _):
+        monkeypatch.setattr(handler, "_command", broken)
+        async with viewer(api.server, s["stream_id"], "ian") as (ws, _):
+            await send(ws, {"type": "ping"})
+            assert await closed_code(ws) == CloseCode.INTERNAL_ERROR
+        monkeypatch.undo()
+        await send(bystander, {"type": "ping"})
+        assert of_type(await collect(bystander, lambda ev: bool(of_type(ev, "pong"))), "pong")
+    assert CloseCode.INTERNAL_ERROR.reconnect
