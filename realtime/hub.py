@@ -207,9 +207,13 @@ class Hub:
             await asyncio.wait(self.closing, timeout=3)
         for t in self._tasks:
             t.cancel()
+        # Bounded: a loop that does not end (a cancel lost inside a library) must not hang shutdown.
+        _, stuck = await asyncio.wait(self._tasks, timeout=5)
+        for t in stuck:
+            log.error("hub task %s did not stop within 5 s of its cancel; left behind", t.get_name())
         for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                log.error("hub task %s failed", t.get_name(), exc_info=t.exception())
         await self._flush_likes()
         for room in list(self.rooms.values()):
             with contextlib.suppress(*REDIS_UNUSABLE):
@@ -285,8 +289,12 @@ class Hub:
     async def _read(self) -> None:
         assert self._pubsub is not None
         while True:
+            # A bounded wait, and a look at our own cancellation around it: a stop that lands while
+            # redis-py re-establishes the subscription after a Redis restart was seen swallowed there
+            # (the task left 'cancelling' inside get_message(timeout=None), the app's shutdown hung).
+            raise_if_cancelling()
             try:
-                msg = await self._pubsub.get_message(timeout=None)
+                msg = await self._pubsub.get_message(timeout=1.0)
             except REDIS_DOWN as exc:
                 raise_if_cancelling()
                 log.warning("pub/sub read failed (%s); retrying", exc.__class__.__name__)
@@ -295,7 +303,7 @@ class Hub:
                 await pause(0.5)
                 continue
             if msg is None:
-                continue
+                continue  # (the loop's first line honours a pending cancel)
             ch = msg["channel"]
             sid = ch[7:].decode() if ch.startswith(b"stream:") else None
             room = self.rooms.get(sid) if sid is not None else None

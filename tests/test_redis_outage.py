@@ -69,6 +69,7 @@ async def test_redis_outage_gives_503_and_no_oversell(settings: Settings, tmp_pa
 
             await wait_for(ready, timeout=10)
             st, sale = await api.call("GET", f"/api/sales/{sale_id}")
+            assert st == 200, (st, sale)
             assert sale["available"] + sale["held"] + sale["sold"] == 300
             assert min(sale["available"], sale["held"], sale["sold"]) >= 0
             assert sum(orders.values()) == sale["held"] + sale["sold"] == 300
