@@ -211,13 +211,14 @@ class JsonErrorsHandler(RequestHandler):
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         super().handle_error(request, status, exc, message)  # logs; raises if a response was under way
-        if status >= 500:
-            body = {"error": str(ErrorCode.INTERNAL), "message": "internal server error"}
-        else:
+        body = _INTERNAL
+        if status < 500:
             reason = (message or "").strip().splitlines()
-            body = {"error": str(_HTTP_CODES.get(status, ErrorCode.BAD_REQUEST)),
-                    "message": f"malformed HTTP request: {reason[0].rstrip(': ')}" if reason else "malformed HTTP request"}
-        resp = web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+            body = orjson.dumps({
+                "error": str(_HTTP_CODES.get(status, ErrorCode.BAD_REQUEST)),
+                "message": f"malformed HTTP request: {reason[0].rstrip(': ')}" if reason else "malformed HTTP request",
+            })
+        resp = web.Response(status=status, body=body, content_type="application/json")
         resp.force_close()
         return resp
 
