@@ -16,7 +16,7 @@ from live.app import make_site
 from livesale.config import Settings
 from livesale.embedded_redis import free_port
 from livesale.limits import ConnectionGate
-from tests.helpers import Api, LiveServer, app_runner, start_app_server, wait_for
+from tests.helpers import Api, LiveServer, app_runner, closed_within, start_app_server, wait_for
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -45,19 +45,6 @@ async def gated(settings: Settings, **limits: object) -> AsyncIterator[tuple[Liv
 
 async def open_conn(srv: LiveServer) -> Stream:
     return await asyncio.open_connection("127.0.0.1", srv.port)
-
-
-async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
-    """Whether the server closes the connection (EOF, or a reset) within `seconds`."""
-    try:
-        async with asyncio.timeout(seconds):
-            while await reader.read(65536):
-                pass
-    except TimeoutError:
-        return False
-    except ConnectionError:
-        pass
-    return True
 
 
 async def answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
