@@ -20,6 +20,7 @@ import contextlib
 import errno
 import logging
 import socket
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -160,7 +161,17 @@ def release(transport: Any) -> None:
     """Drop a closed WebSocket's transport if the peer left data unsent: `transport.close()` (what
     aiohttp calls) keeps the socket until that data is written, forever for a peer that never reads."""
     if transport is not None and transport.is_closing() and transport.get_write_buffer_size():
-        transport.abort()
+        drop(transport)
+
+
+def drop(transport: Any) -> None:
+    """Abort `transport` with a reset (SO_LINGER 0): the kernel discards what the peer left unread
+    too, where a plain close would keep it, and the socket, while it tries to deliver it."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 class ClientFrames:
