@@ -33,7 +33,7 @@ def create_app(settings: Settings) -> web.Application:
     m.ENABLED = settings.metrics
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
-        redis = connect(settings.redis_url or "")
+        redis = connect(settings.redis_url or "", timeout_s=settings.redis_timeout_s)
         engine = make_engine(settings.sql_url)
         await create_tables(engine)
         app[SERVICES] = Services(
