@@ -4,7 +4,9 @@ turns the exception tree into `{"error": code, "message": ...}` bodies."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -70,10 +72,34 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest("request body is not valid JSON") from exc
+        data = _out_of_range_numbers(body, exc)
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
     return data
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _number(text: str) -> float:
+    """A number too long or too large for a machine type: infinity, so that a field expecting an
+    integer in a range refuses it as it refuses any other out-of-range value (422)."""
+    return -math.inf if text.startswith("-") else math.inf
+
+
+def _out_of_range_numbers(body: bytes, exc: orjson.JSONDecodeError) -> Any:
+    """orjson refuses valid JSON holding a number beyond a double (an integer of 309+ digits, 1e400):
+    that is a value out of range (422 from the field's check, docs/limits.md), not malformed JSON (400).
+    Such a body is read again by the standard parser, integers over 18 digits made infinite (Python's
+    int() refuses more than 4300 digits, and parsing long ones costs quadratic time)."""
+    if not str(exc).startswith("number is infinity"):
+        raise BadRequest("request body is not valid JSON") from exc
+    try:
+        return json.loads(body, parse_int=lambda t: int(t) if len(t) <= 18 else _number(t),
+                          parse_constant=_not_json)  # floats: 1e400 is inf already
+    except (ValueError, RecursionError) as exc2:
+        raise BadRequest("request body is not valid JSON") from exc2
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
