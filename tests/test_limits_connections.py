@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 from collections.abc import AsyncIterator
 
 import pytest
@@ -16,7 +17,17 @@ from live.app import make_site
 from livesale.config import Settings
 from livesale.embedded_redis import free_port
 from livesale.limits import ConnectionGate
-from tests.helpers import Api, LiveServer, app_runner, closed_within, start_app_server, wait_for
+from tests.helpers import (
+    Api,
+    LiveServer,
+    app_runner,
+    closed_within,
+    spawn_server,
+    start_app_server,
+    stop_server,
+    wait_for,
+)
+from tests.metrics_scrape import parse, value
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -160,3 +171,38 @@ async def test_at_the_connection_cap_open_connections_are_served_and_accepting_r
             assert (await answer(late[0]))[0] == 200
         for _reader, writer in (monitor, buyer, late, *idle[5:]):
             writer.close()
+
+
+async def test_idle_connections_past_the_default_cap_never_exhaust_descriptors(settings: Settings) -> None:
+    """A `livesale serve` whose soft RLIMIT_NOFILE is 200 caps itself at 160 connections (80%): 260
+    idle clients never make it run out of descriptors, a monitor's keep-alive /healthz and /metrics
+    answer throughout, and the clients left waiting are served once others leave."""
+    srv = spawn_server(settings, nofile=200)
+    assert srv.proc is not None
+    try:
+        monitor = await open_conn(srv)
+        assert (await get(monitor, "/healthz"))[0] == 200
+        conns = [await open_conn(srv) for _ in range(259)]
+
+        async def metric(name: str, **labels: str) -> float:
+            status, body = await get(monitor, "/metrics")
+            assert status == 200
+            return value(parse(body.decode()), name, **labels)
+
+        async def at_cap() -> bool:
+            return await metric("livesale_open_connections") >= 160
+
+        await wait_for(at_cap, timeout=20)
+        assert await metric("livesale_open_connections") == 160
+        assert await metric("livesale_limit_refusals_total", limit="connection_cap") >= 1
+        assert await metric("livesale_limit_refusals_total", limit="accept_error") == 0
+        assert len(os.listdir(f"/proc/{srv.proc.pid}/fd")) < 200
+        assert (await get(monitor, "/healthz"))[0] == 200
+        for _reader, writer in conns[:110]:
+            writer.close()
+        for stream in conns[-10:]:  # among the last to connect: they waited in the backlog
+            assert (await get(stream, "/healthz"))[0] == 200
+        for _reader, writer in (monitor, *conns[110:]):
+            writer.close()
+    finally:
+        stop_server(srv)
