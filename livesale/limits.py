@@ -30,9 +30,8 @@ from monitoring import metrics as m
 
 log = logging.getLogger("livesale.limits")
 
-# accept() failures that mean "out of descriptors or memory right now": wait and retry. Others that
-# concern only the one connection being accepted (it was reset in the backlog) are skipped.
-_OUT_OF = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+# accept() failures that concern only the one connection being accepted (it was reset in the backlog)
+# are skipped; any other (out of descriptors or memory: EMFILE, ENFILE, ENOBUFS) waits and retries.
 _GONE = frozenset((errno.ECONNABORTED, errno.ECONNRESET, errno.EPROTO, errno.EPERM))
 _BACKOFF_MAX_S = 1.0
 
@@ -65,9 +64,11 @@ class ConnectionGate:
             m.OPEN_CONNECTIONS.dec()
 
     async def accept_loop(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
+        """Accept on `sock` until it is closed or this task cancelled: never ends on a failure, as a
+        process that stopped accepting would be up but unreachable."""
         loop = asyncio.get_running_loop()
         backoff = 0.01
-        while True:
+        while sock.fileno() != -1:
             if self.open >= self.cap:
                 if m.ENABLED:
                     m.LIMIT_REFUSALS.labels("connection_cap").inc()
@@ -76,13 +77,11 @@ class ConnectionGate:
             try:
                 conn, _addr = await loop.sock_accept(sock)
             except OSError as exc:
-                if exc.errno in _GONE:
+                if exc.errno in _GONE or sock.fileno() == -1:
                     continue
-                if exc.errno not in _OUT_OF:
-                    raise
                 if m.ENABLED:
                     m.LIMIT_REFUSALS.labels("accept_error").inc()
-                log.warning("accept() failed (%s): retrying in %.2f s", exc.strerror, backoff)
+                log.warning("accept() failed (%s): retrying in %.2f s", exc.strerror or exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(_BACKOFF_MAX_S, backoff * 2)
                 continue
@@ -90,7 +89,8 @@ class ConnectionGate:
             self.opened()
             try:
                 await loop.connect_accepted_socket(factory, conn)
-            except OSError:  # the peer left before its transport was made: no protocol will count it down
+            except Exception:  # noqa: BLE001 - the peer left before its transport was made, or a bug
+                log.warning("could not serve an accepted connection", exc_info=True)
                 conn.close()
                 self.closed()
 
@@ -123,7 +123,11 @@ class GatedServer:
         self._task = asyncio.get_running_loop().create_task(gate.accept_loop(sock, factory))
 
     def close(self) -> None:
+        # The socket closes once the accept loop has let go of it (its reader unregistered).
+        self._task.add_done_callback(self._close_sockets)
         self._task.cancel()
+
+    def _close_sockets(self, _task: asyncio.Task[None]) -> None:
         for sock in self.sockets:
             sock.close()
 
@@ -155,6 +159,12 @@ class GatedSite(web.TCPSite):
         sock = listen(self._host, self._port, backlog=self._backlog, reuse_port=bool(self._reuse_port))
         self._server = GatedServer(sock, gate, self.factory())  # type: ignore[assignment]
         self._bound_port = sock.getsockname()[1]
+
+    async def stop(self) -> None:
+        server = self._server
+        await super().stop()
+        if isinstance(server, GatedServer):
+            await server.wait_closed()  # the port is free when stop returns
 
 
 def release(transport: Any) -> None:
