@@ -10,6 +10,7 @@ from aiohttp import web
 import commerce.api
 import commerce.orders
 import live.api
+import live.media
 import realtime
 from livesale.auth import Verifier
 from livesale.bus import Bus
@@ -48,6 +49,7 @@ def create_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(services_ctx)
     live.api.setup(app)
+    live.media.setup(app)
     commerce.api.setup(app)
     realtime.setup(app, snapshot_source=live.api.snapshot_source)
     app.router.add_get("/metrics", guarded(exposition.metrics_handler))
