@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,15 +47,14 @@ class FrameClock:
         if pts is None or time_base is None:
             if self._origin is None:
                 self._origin = now
-            seconds = now - self._origin
+            slot = math.floor((now - self._origin) * self.fps)
         else:
             if self._prev is not None:
                 delta = (pts - self._prev) % _RTP_WRAP
                 if delta < _RTP_WRAP // 2:  # else a late frame: keep the clock where it is
                     self._ticks += delta
             self._prev = pts
-            seconds = float(self._ticks * time_base)
-        slot = round(seconds * self.fps)
+            slot = math.floor(self._ticks * time_base * self.fps)  # exact: Fractions
         if slot <= self._last_slot:
             return None
         self._last_slot = slot
