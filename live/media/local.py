@@ -58,6 +58,7 @@ class Session:
     pc: RTCPeerConnection
     track: ViewerTrack | None = None
     state: SessionState = SessionState.CONNECTING
+    claimed: bool = False  # a publisher whose Redis claim is made (and kept by _keep_claims)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -213,6 +214,7 @@ class LocalBackend(MediaBackend):
             if not await self._claim("claim", stream_id, session.id):
                 raise Conflict("the stream has a publisher on another server process",
                                code=ErrorCode.PUBLISHER_EXISTS)
+            session.claimed = True
         except BaseException:
             await asyncio.shield(self._close(session))
             raise
@@ -280,7 +282,7 @@ class LocalBackend(MediaBackend):
             await pause(_TICK_S)
             for stream_id, sid in list(self._publisher.items()):
                 session = self._sessions.get(sid)
-                if session is None or session.state is SessionState.CLOSED:
+                if session is None or not session.claimed or session.state is SessionState.CLOSED:
                     continue
                 try:
                     held = await self._claim("refresh", stream_id, sid)
