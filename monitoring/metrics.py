@@ -113,7 +113,7 @@ MEDIA_FRAMES = Counter(
 )
 MEDIA_DROPPED = Counter(
     "livesale_media_frames_dropped_total",
-    "Video frames dropped: encoder_busy (a newer frame came before the encoder took it), viewer_behind "
+    "Video frames dropped: encoder_busy (pushed out of the few frames waiting for a busy encoder), viewer_behind "
     "(thrown out of a full viewer queue)",
     ["reason"],
 )

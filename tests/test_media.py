@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
-from collections.abc import AsyncIterator
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from live.media import MEDIA
 from livesale.config import Settings
+from livesale.embedded_redis import free_port
 from tests.helpers import Api, LiveServer, start_app_server, wait_for
 from tests.media_peers import Peer, publisher, viewer
 
@@ -350,3 +356,52 @@ async def test_viewers_hear_video_go_live_and_stop(msrv: LiveServer, mapi: Api) 
     async with websockets.connect(ws_url(msrv, sid)) as ws:
         snap = await collect(ws, lambda ev: bool(of_type(ev, "snapshot")))
         assert of_type(snap, "snapshot")[0]["stream"]["video"] == "none"
+
+
+@pytest.fixture
+def upstream_port() -> Iterator[int]:
+    """A real WHIP/WHEP server to proxy to: bench/media_ref.py (aiortc's MediaRelay) in a subprocess."""
+    port = free_port()
+    ref = subprocess.Popen([sys.executable, str(Path(__file__).parent.parent / "bench" / "media_ref.py"),
+                            "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not _up(f"http://127.0.0.1:{port}/healthz"):
+            assert time.monotonic() < deadline and ref.poll() is None, "bench/media_ref.py did not start"
+            time.sleep(0.1)
+        yield port
+    finally:
+        ref.terminate()
+        ref.wait(10)
+
+
+def _up(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+async def test_proxy_backend_hands_whip_and_whep_to_an_upstream(media_env: None, settings: Settings, upstream_port: int,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """LIVESALE_MEDIA_BACKEND=proxy: auth and the video field stay ours, the media goes through a real
+    upstream WHIP/WHEP server (bench/media_ref.py, aiortc), and a viewer decodes the picture."""
+    monkeypatch.setenv("LIVESALE_MEDIA_BACKEND", "proxy")
+    monkeypatch.setenv("LIVESALE_MEDIA_UPSTREAM", f"http://127.0.0.1:{upstream_port}/{{kind}}/{{stream}}")
+    async with start_app_server(settings) as srv, Api(srv) as api:
+        sid, ht = await new_stream(api)
+        denied, resp = await publisher(api.session, srv.url, sid, srv.token("vic"), expect=403)
+        await denied.close()
+        assert resp.status == 403
+        pub, resp = await publisher(api.session, srv.url, sid, ht)
+        v, r = await viewer(api.session, srv.url, sid)
+        try:
+            assert (resp.status, r.status) == (201, 201)
+            assert (await api.call("GET", f"/api/streams/{sid}"))[1]["video"] == "live"
+            await wait_for(lambda: v.matching >= 5, 30)
+            assert counts(srv) == {"publishers": 1, "viewers": 1, "peer_connections": 0}
+            assert (await api.call("DELETE", pub.location, token=ht))[0] == 200
+            assert (await api.call("GET", f"/api/streams/{sid}"))[1]["video"] == "none"
+        finally:
+            await close_all(pub, v)

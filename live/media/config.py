@@ -31,8 +31,9 @@ class MediaConfig:
     x264_preset: str = "ultrafast"
     # Encoded frames a viewer may have waiting; past it the viewer skips to the next keyframe.
     viewer_queue: int = 30
-    # "local": this process runs the media (aiortc). "proxy": WHIP/WHEP are forwarded to `upstream`,
-    # an SFU or media server speaking WHIP/WHEP (docs/media.md, "Large audiences").
+    # "local": this process runs the media (aiortc). "proxy": WHIP/WHEP are forwarded to `upstream`, a
+    # URL template with {kind} and {stream} of an SFU or media server speaking WHIP/WHEP (docs/media.md,
+    # "Large audiences").
     backend: str = "local"
     upstream: str = ""
     # Retry-After (s) on 409 no_publisher and 503 at_capacity.

@@ -3,7 +3,7 @@
 Session lifecycle (STYLE.md #2): CONNECTING (answered, ICE/DTLS under way) -> CONNECTED -> CLOSED. A
 session that does not connect within `connect_timeout_s`, whose peer connection fails, or that is
 DELETEd, closes; a publisher's close closes its stream's viewers. One publisher per stream across
-processes: its claim is a Redis key (live/media/publisher.lua) refreshed every `_TICK_S`; the same
+processes: its claim (live/media/claims.py) is refreshed every `claims.TICK_S`; the same
 tick closes the media of streams another process ended.
 """
 
@@ -16,32 +16,25 @@ import secrets
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 import av
-import orjson
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from live import keys
-from live.media import ice, sdp
+from live.media import claims, ice, sdp
 from live.media.backend import Answer, Kind, MediaBackend
 from live.media.config import MediaConfig
 from live.media.relay import Relay, ViewerTrack
-from livesale.bus import LOG_PRELUDE, channel, log_key, now_ms, seq_key
 from livesale.codes import ErrorCode
 from livesale.errors import BadRequest, Conflict, NotFound, Unavailable
-from livesale.redis_client import REDIS_DOWN, LuaScript
+from livesale.redis_client import REDIS_DOWN
 from livesale.services import Services
 from livesale.tasks import pause
 from monitoring import metrics as m
 
 log = logging.getLogger("livesale.media")
 
-_PUBLISHER = LuaScript(Path(__file__).with_name("publisher.lua"), LOG_PRELUDE)
-_TICK_S = 2.0
-_CLAIM_TTL_MS = 10_000  # a process that died lets go of its streams' publisher claims after this
 
 
 class SessionState(StrEnum):
@@ -179,13 +172,7 @@ class LocalBackend(MediaBackend):
             log.warning("could not release the publisher claim of %s: %r", stream_id, exc)
 
     async def _claim(self, op: str, stream_id: str, session_id: str) -> bool:
-        status = "live" if op == "claim" else "none"
-        event = orjson.dumps({"type": "video", "status": status, "ts": now_ms()})[:-1]
-        done = await _PUBLISHER(
-            self.svc.redis, [keys.publisher(stream_id), seq_key(stream_id), log_key(stream_id)],
-            [op, f"{self.proc}:{session_id}", _CLAIM_TTL_MS, channel(stream_id), event, self.svc.bus.log_maxlen],
-        )
-        return bool(done)
+        return await claims.claim(self.svc, op, stream_id, f"{self.proc}:{session_id}")
 
     # --- WHIP -----------------------------------------------------------------------------------
 
@@ -279,18 +266,17 @@ class LocalBackend(MediaBackend):
         """Refresh this process's publisher claims, and close the media of streams that ended (here or
         in another process) or whose claim was lost."""
         while True:
-            await pause(_TICK_S)
+            await pause(claims.TICK_S)
             for stream_id, sid in list(self._publisher.items()):
                 session = self._sessions.get(sid)
                 if session is None or not session.claimed or session.state is SessionState.CLOSED:
                     continue
                 try:
-                    held = await self._claim("refresh", stream_id, sid)
-                    status = await self.svc.redis.hget(keys.meta(stream_id), "status")  # type: ignore[misc]
+                    wanted = await claims.still_wanted(self.svc, stream_id, f"{self.proc}:{sid}")
                 except REDIS_DOWN as exc:
                     log.warning("media claim refresh of %s failed: %r", stream_id, exc)
                     continue
-                if not held or status in (None, b"ended"):
+                if not wanted:
                     await self._close(session)
 
 

@@ -6,7 +6,7 @@ here decodes its publisher once (aiortc's receiver), encodes each frame once per
 take, and hands the same packets to every viewer's sender. A viewer starts, and restarts after
 falling behind, at a keyframe; the GOP is short (1 s) so that is never far.
 
-    publisher RTP -> aiortc decoder thread -> drain task -> Relay._frame (latest wins)
+    publisher RTP -> aiortc decoder thread -> drain task -> Relay._frames (3 at most)
         -> encode task -> VideoEncoder (one thread per stream) -> ViewerTrack queues -> senders
 """
 
@@ -17,6 +17,7 @@ import contextlib
 import fractions
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from av.video.frame import PictureType
 from live.media.config import MediaConfig
 
 _RTP_WRAP = 1 << 32
+_PENDING_FRAMES = 3  # 100 ms at 30 fps
 
 
 class FrameClock:
@@ -171,7 +173,7 @@ class RelayStats:
     frames_in: int = 0
     frames_encoded: int = 0
     frames_skipped: int = 0  # over fps, or no viewer to encode for
-    frames_dropped: int = 0  # a newer frame arrived while the encoder was busy
+    frames_dropped: int = 0  # pushed out of the pending frames while the encoder was busy
     packets_sent: int = 0
     packets_dropped: int = 0  # thrown out of full viewer queues
     encode_seconds: float = 0.0
@@ -188,7 +190,9 @@ class Relay:
         self._viewers: dict[str, set[ViewerTrack]] = {}
         self._encoders: dict[str, VideoEncoder] = {}
         self._clock = FrameClock(config.fps)
-        self._frame: av.VideoFrame | None = None
+        # Decoded frames waiting for the encoder: a few, so that frames the network or the decoder
+        # bunched together are all encoded; when full, the oldest is dropped (the encoder cannot keep up).
+        self._frames: deque[av.VideoFrame] = deque(maxlen=_PENDING_FRAMES)
         self._ready = asyncio.Event()
         self._want_key = False
         self._last_forced = float("-inf")
@@ -213,22 +217,21 @@ class Relay:
         track.finish()
 
     def feed(self, frame: av.VideoFrame) -> None:
-        """A decoded frame of the publisher (called by its drain task). The latest frame wins: a frame
-        still waiting when the next one arrives was not encoded in time and is dropped."""
+        """A decoded frame of the publisher (called by its drain task)."""
         self.stats.frames_in += 1
-        if self._frame is not None:
-            self.stats.frames_dropped += 1
-        self._frame = frame
+        if len(self._frames) == _PENDING_FRAMES:
+            self.stats.frames_dropped += 1  # the oldest waiting frame goes
+        self._frames.append(frame)
         self._ready.set()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._ready.wait()
-            self._ready.clear()
-            frame, self._frame = self._frame, None
-            if frame is None:
+            if not self._frames:
+                self._ready.clear()
+                await self._ready.wait()
                 continue
+            frame = self._frames.popleft()
             for codec in [c for c in self._encoders if c not in self._viewers]:
                 self._encoders.pop(codec).close()  # nobody left on that codec: free its encoder
             if not self._viewers:
