@@ -11,6 +11,7 @@ import commerce.api
 import commerce.orders
 import live.api
 import live.discovery
+import live.stats
 import realtime
 from livesale.auth import Verifier
 from livesale.bus import Bus
@@ -50,6 +51,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(services_ctx)
     live.api.setup(app)
     live.discovery.setup(app)
+    live.stats.setup(app)
     commerce.api.setup(app)
     realtime.setup(app, snapshot_source=live.api.snapshot_source)
     app.router.add_get("/metrics", guarded(exposition.metrics_handler))
