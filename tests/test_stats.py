@@ -272,3 +272,39 @@ async def test_stats_access(api: Api) -> None:
     for bad in ("stnope", "x" * 100):
         st, err = await api.call("GET", f"/api/streams/{bad}/stats", token=api.server.token("root", "admin"))
         assert st == 404 and err["error"] == "not_found"
+
+
+async def test_order_figures_from_sql_once_events_left_redis(settings: Settings) -> None:
+    """A sale whose order events left Redis (retention) before anyone read stats is counted from SQL,
+    with the same figures."""
+    import dataclasses
+
+    import redis.asyncio as aioredis
+
+    from commerce import keys as commerce_keys
+    from tests.helpers import start_app_server
+
+    async with start_app_server(dataclasses.replace(settings, sale_retention_s=1)) as srv, Api(srv) as api:
+        s = await api.setup_sale(stock=10, per_user_limit=5, price_cents=700)
+        ht, sale = s["host_token"], s["sale_id"]
+        for user, qty in (("u1", 2), ("u2", 1), ("u3", 3)):
+            st, o = await api.reserve(sale, user, f"k-{user}", qty)
+            assert st == 201
+            act = "cancel" if user == "u2" else "pay"
+            st, _ = await api.call("POST", f"/api/orders/{o['id']}/{act}", token=srv.token(user),
+                                   json={"payment_method": "pm_card_visa"})
+            assert st == 200
+        assert (await api.call("POST", f"/api/sales/{sale}/end", token=ht))[0] == 200
+        r = aioredis.Redis.from_url(settings.redis_url or "")
+        try:
+            await wait_for(lambda: _gone(r, commerce_keys.events(sale)), 15)
+        finally:
+            await r.aclose()
+        got = await _stats(api, srv, s["stream_id"], ht)
+    assert (got["orders"], got["paid_orders"], got["units_sold"], got["buyers"], got["gmv_cents"]) == (3, 2, 5, 2, 3500)
+    assert got["products"][0]["orders"] == 3
+    assert sum(e["orders"] for e in got["series"]) == 3 and sum(e["gmv_cents"] for e in got["series"]) == 3500
+
+
+async def _gone(r: Any, key: str) -> bool:
+    return not await r.exists(key)
