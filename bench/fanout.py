@@ -261,6 +261,13 @@ def report(rows: list[Row], rss: dict[str, float], args: argparse.Namespace) -> 
                   f"{ours[rate].p99:.1f} / {base[rate].p99:.1f} ms")
 
 
+def checkout(ref: str, root: Path) -> None:
+    """The source tree of commit `ref` in `root` (a new directory)."""
+    root.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
+
+
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--viewers", type=int, default=2000)
@@ -284,10 +291,7 @@ async def main() -> None:
             rss: dict[str, float] = {}
             if args.baseline:
                 root = tmp / "baseline"
-                root.mkdir()
-                archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline],
-                                         capture_output=True, check=True)
-                subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
+                await asyncio.to_thread(checkout, args.baseline, root)
                 r, rss["baseline"] = await bench_livesale(args, tmp, redis, "baseline", root)
                 rows += r
             if args.only in (None, "livesale"):
