@@ -218,6 +218,8 @@ async def _show(api_a: Api, api_b: Api) -> None:
         ]
         series = got["series"]
         assert series and series[0]["minute"] <= got["started_at"] < _next_minute(series[0]["minute"])
+        assert all(_next_minute(x["minute"]) == y["minute"] for x, y in zip(series, series[1:], strict=False))
+        assert series[-1]["minute"] <= got["updated_at"] < _next_minute(series[-1]["minute"])
         assert [sum(e[k] for e in series) for k in ("comments", "likes", "orders", "gmv_cents")] == [9, 75, 5, 5500]
         assert max(e["viewers_max"] for e in series) == 6 and got["avg_watch_s"] > 0
     # Everyone left: nobody is watching, and the watch time is the sockets' own.
