@@ -12,6 +12,7 @@ import commerce.orders
 import live.api
 import live.discovery
 import live.media
+import live.stats
 import realtime
 from livesale.auth import Verifier
 from livesale.bus import Bus
@@ -53,6 +54,7 @@ def create_app(settings: Settings) -> web.Application:
     live.api.setup(app)
     live.discovery.setup(app)
     live.media.setup(app)
+    live.stats.setup(app)
     commerce.api.setup(app)
     realtime.setup(app, snapshot_source=live.api.snapshot_source)
     app.router.add_get("/metrics", guarded(exposition.metrics_handler))
