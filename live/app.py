@@ -10,6 +10,9 @@ from aiohttp import web
 import commerce.api
 import commerce.orders
 import live.api
+import live.discovery
+import live.media
+import live.stats
 import realtime
 from livesale.auth import Verifier
 from livesale.bus import Bus
@@ -49,6 +52,9 @@ def create_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(services_ctx)
     live.api.setup(app)
+    live.discovery.setup(app)
+    live.media.setup(app)
+    live.stats.setup(app)
     commerce.api.setup(app)
     realtime.setup(app, snapshot_source=live.api.snapshot_source)
     app.router.add_get("/metrics", guarded(exposition.metrics_handler))

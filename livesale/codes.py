@@ -28,6 +28,12 @@ class ErrorCode(StrEnum):
     CARD_DECLINED = "card_declined"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
+    # Media, WHIP/WHEP (docs/media.md).
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    UNSUPPORTED_MEDIA = "unsupported_media"
+    PUBLISHER_EXISTS = "publisher_exists"
+    NO_PUBLISHER = "no_publisher"
+    AT_CAPACITY = "at_capacity"
     # WebSocket `error` event codes (DESIGN.md "WebSocket").
     INVALID_FRAME = "invalid_frame"
     UNKNOWN_TYPE = "unknown_type"

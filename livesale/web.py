@@ -51,7 +51,7 @@ def json_bytes_response(body: bytes, status: int = 200) -> web.Response:
 
 
 def error_response(exc: LivesaleError) -> web.Response:
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
     return json_response(exc.body(), exc.status, headers)
 
 
@@ -179,7 +179,7 @@ def error_answer(exc: Exception, method: str, path: str) -> tuple[int, bytes, di
     else:
         log.error("unhandled error on %s %s", method, path, exc_info=exc)
         return 500, _INTERNAL, None
-    headers = {"Retry-After": str(err.retry_after)} if isinstance(err, Unavailable) else None
+    headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else None
     return err.status, orjson.dumps(err.body()), headers
 
 

@@ -78,9 +78,10 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     try:
         try:
             # Before joining: a room for a made-up id would SUBSCRIBE and report viewers to Redis.
-            if not await svc.redis.exists(meta_key(stream_id)):
+            host = await svc.redis.hget(meta_key(stream_id), "host")  # type: ignore[misc]
+            if host is None:
                 return await _reject(ws, CloseCode.NO_SUCH_STREAM, "no such stream")
-            await hub.join(conn)
+            await hub.join(conn, counted=user is None or user.id != host.decode())
             async with hub.connecting:  # a reconnect storm must not take every Redis connection at once
                 found = await _first_frames(hub, conn, _since(request.query.get("since")))
         except (*REDIS_DOWN, TimeoutError):
@@ -189,6 +190,7 @@ async def _comment(hub: Hub, conn: Conn, cmd: Comment) -> ProtocolError | None:
             return ProtocolError(ErrorCode.RATE_LIMITED, "too many comments; slow down")
         await hub.svc.bus.publish_log(conn.stream_id, {
             "type": "comment", "id": secrets.token_hex(8), "user": uid, "text": cmd.text, "ts": now_ms()})
+        hub.note_comment(conn.stream_id)
         if m.ENABLED:
             m.WS_PUBLISHED.labels("comment").inc()
     except REDIS_UNUSABLE as exc:
