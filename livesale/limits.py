@@ -4,8 +4,8 @@
   `loop.sock_accept` (not `loop.create_server`'s, which cannot pause), which stops accepting at the
   cap until a connection closes: new clients wait in the kernel's backlog while every open
   connection keeps being served. It also backs off when accept() itself runs out of descriptors.
-- `release`: a WebSocket whose close left unsent data behind (a peer that does not read) loses its
-  transport, so its socket and buffers go now instead of whenever the peer reads.
+- `release` and `drop`: a WebSocket whose close left unsent data behind (a peer that does not read)
+  loses its transport with a reset, so its socket and buffers go now instead of whenever it reads.
 - `ClientFrames`: RFC 6455 §5.1, a server closes the connection (1002) on an unmasked client frame;
   aiohttp's frame reader, shared with its client, accepts them.
 
@@ -79,13 +79,6 @@ class ConnectionGate:
                 await self._below.wait()
             try:
                 conn, _addr = await loop.sock_accept(sock)
-                accepted = [conn]
-                while len(accepted) < _BURST and self.open + len(accepted) < self.cap:
-                    try:
-                        conn, _addr = sock.accept()
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    accepted.append(conn)
             except OSError as exc:
                 if exc.errno in _GONE or sock.fileno() == -1:
                     continue
@@ -96,6 +89,13 @@ class ConnectionGate:
                 backoff = min(_BACKOFF_MAX_S, backoff * 2)
                 continue
             backoff = 0.01
+            accepted = [conn]
+            while len(accepted) < _BURST and self.open + len(accepted) < self.cap:
+                try:
+                    conn, _addr = sock.accept()
+                except OSError:  # none waiting (BlockingIOError); a failure shows at the next sock_accept
+                    break
+                accepted.append(conn)
             for _ in accepted:
                 self.opened()
             results = await asyncio.gather(*(loop.connect_accepted_socket(factory, conn) for conn in accepted),
