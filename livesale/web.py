@@ -241,10 +241,16 @@ class JsonErrorsHandler(RequestHandler):
     client's unmasked frame closes the connection with 1002; a connection lost is counted off the
     connection cap."""
 
-    _head_by = 0.0  # loop time by which the request head being received must be whole; 0: none
-    _header_timeout = 0.0
-    _gate: ConnectionGate | None = None
-    _frames: ClientFrames | None = None  # set once the connection carries a WebSocket
+    # Slots, as aiohttp's own protocol has: an instance dict would cost every connection ~0.5 KiB.
+    __slots__ = ("_head_by", "_header_timeout", "_gate", "_frames")
+
+    def __init__(self, *args: Any, header_timeout: float = 0.0, gate: ConnectionGate | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_by = 0.0  # loop time by which the request head being received must be whole; 0: none
+        self._header_timeout = header_timeout  # 0: none
+        self._gate = gate
+        self._frames: ClientFrames | None = None  # set once the connection carries a WebSocket
 
     def data_received(self, data: bytes) -> None:
         if self._frames is not None:
@@ -318,10 +324,8 @@ class JsonErrorsServer(web.Server):
     gate: ConnectionGate | None = None  # the connection cap, when the sites accept through it
 
     def __call__(self) -> RequestHandler:
-        handler = JsonErrorsHandler(self, loop=self._loop, **self._kwargs)
-        handler._header_timeout = self.header_timeout
-        handler._gate = self.gate
-        return handler
+        return JsonErrorsHandler(self, loop=self._loop, header_timeout=self.header_timeout, gate=self.gate,
+                                 **self._kwargs)
 
 
 class Runner(web.AppRunner):
