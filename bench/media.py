@@ -286,14 +286,15 @@ def fmt_drops(dropped: dict[str, float]) -> str:
 
 
 def summary(name: str, steps: list[Step]) -> tuple[int, float | None]:
-    """What held, and the CPU model: server CPU = fixed + per_viewer x (viewers x delivered share),
-    least squares over every step (a step starved of its core delivered less, and is weighed by what
-    it delivered)."""
+    """What held, and the CPU model: server CPU = fixed + per_viewer x viewers, least squares over the
+    steps that held (a step starved of its core did less work; with fewer than two held steps, every
+    step, each weighed by the share of frames it delivered)."""
     held = [s for s in steps if s.held]
-    xs = [s.viewers * min(1.0, s.fps_p50 / FPS) for s in steps]  # viewers x delivered share
-    ys = [s.server_cpu for s in steps]
+    basis = held if len(held) >= 2 else steps
+    xs = [s.viewers * min(1.0, s.fps_p50 / FPS) for s in basis]  # viewers x delivered share
+    ys = [s.server_cpu for s in basis]
     per_viewer = fixed = None
-    if len(steps) >= 2 and len(set(xs)) > 1:
+    if len(basis) >= 2 and len(set(xs)) > 1:
         mx, my = statistics.fmean(xs), statistics.fmean(ys)
         per_viewer = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
         fixed = my - per_viewer * mx
