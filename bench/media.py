@@ -298,7 +298,8 @@ def summary(name: str, steps: list[Step]) -> tuple[int, float | None]:
         mx, my = statistics.fmean(xs), statistics.fmean(ys)
         per_viewer = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
         fixed = my - per_viewer * mx
-    failed = steps[-1] if steps and not steps[-1].held else None
+    last_held = held[-1].viewers if held else 0
+    failed = next((s for s in steps if not s.held and s.viewers > last_held), None)
     line = f"{name}: " + (f"{held[-1].viewers} viewers held 30 fps on one core ({held[-1].server_cpu:.0%} of it)"
                           if held else "no step held 30 fps")
     if failed:
