@@ -53,6 +53,7 @@ class CloseCode(IntEnum):
     INTERNAL_ERROR = 1011  # a bug of ours while serving the socket: reconnect with backoff
     SERVER_RESTARTING = 4000
     SLOW_CONSUMER = 4008
+    TOO_MANY_CONNECTIONS = 4009  # over the per-user or per-address socket cap (docs/limits.md)
     RATE_LIMITED = 4029
     UNAUTHORIZED = 4501
     BANNED = 4503

@@ -123,6 +123,18 @@ MEDIA_ENCODE = Histogram(
 )
 
 # --- dependencies
+# --- limits under hostile load (docs/limits.md)
+LIMIT_REFUSALS = Counter(
+    "livesale_limit_refusals_total",
+    "Connections and requests stopped by a limit: connection_cap (accepting paused at the cap), "
+    "accept_error (accept() out of descriptors), header_timeout, ws_per_user and ws_per_ip (4009), "
+    "redis_timeout (a purchase answered 503), unmasked_frame (1002)",
+    ["limit"],
+)
+OPEN_CONNECTIONS = Gauge(
+    "livesale_open_connections", "Client TCP connections open (the connection cap counts these)",
+    multiprocess_mode="livesum",
+)
 REDIS_ERRORS = Counter("livesale_redis_errors_total", "Redis calls that failed, by operation", ["op"])
 
 SALE_STATES = ("available", "held", "sold", "stock")
