@@ -10,6 +10,12 @@ def meta(stream_id: str) -> str:
     return meta_key(stream_id)
 
 
+def publisher(stream_id: str) -> str:
+    """String, with a TTL its process refreshes: `process:session` of the stream's WHIP publisher.
+    The stream's `video` is "live" while it exists (live/media/publisher.lua)."""
+    return "{stream:" + stream_id + "}:publisher"
+
+
 def final_stats(stream_id: str) -> str:
     """String: the stream's final stats JSON, written once they can no longer change (live/stats.py)."""
     return f"{{stream:{stream_id}}}:an:final"
