@@ -10,6 +10,7 @@ from aiohttp import web
 import commerce.api
 import commerce.orders
 import live.api
+import live.pages
 import realtime
 from livesale.auth import Verifier
 from livesale.bus import Bus
@@ -50,6 +51,7 @@ def create_app(settings: Settings) -> web.Application:
     live.api.setup(app)
     commerce.api.setup(app)
     realtime.setup(app, snapshot_source=live.api.snapshot_source)
+    live.pages.setup(app)
     app.router.add_get("/metrics", guarded(exposition.metrics_handler))
     app.router.add_get("/healthz", guarded(healthz))
     app.router.add_get("/readyz", guarded(readyz))
