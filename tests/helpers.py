@@ -19,6 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from live.app import create_app, make_site
+from live.pages import enable_dev_tokens
 from livesale.auth import mint
 from livesale.config import Settings
 from livesale.embedded_redis import free_port
@@ -63,6 +64,21 @@ async def start_app_server(settings: Settings) -> AsyncIterator[LiveServer]:
         port = free_port()
         await make_site(runner, settings, port=port).start()
         yield LiveServer(settings, port, app=runner.app)
+
+
+@contextlib.asynccontextmanager
+async def start_demo_server(settings: Settings, port: int | None = None) -> AsyncIterator[LiveServer]:
+    """The real app on loopback with the demo's POST /dev/token on, as `livesale demo` runs it."""
+    app = create_app(settings)
+    enable_dev_tokens(app)
+    runner = Runner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        port = port or free_port()
+        await make_site(runner, settings, port=port).start()
+        yield LiveServer(settings, port, app=app)
+    finally:
+        await runner.cleanup()
 
 
 def spawn_server(settings: Settings, *, workers: int = 1, extra_env: dict[str, str] | None = None) -> LiveServer:

@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-from live.app import create_app, make_site
-from live.pages import WEB_DIR, enable_dev_tokens
+from live.pages import WEB_DIR
 from livesale.auth import Verifier
 from livesale.config import Settings
-from livesale.embedded_redis import free_port
-from livesale.web import Runner
-from tests.helpers import Api, LiveServer
-
-
-@contextlib.asynccontextmanager
-async def demo_server(settings: Settings, port: int | None = None) -> AsyncIterator[LiveServer]:
-    """The real app on loopback with the demo's POST /dev/token on, as `livesale demo` runs it."""
-    app = create_app(settings)
-    enable_dev_tokens(app)
-    runner = Runner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    try:
-        port = port or free_port()
-        await make_site(runner, settings, port=port).start()
-        yield LiveServer(settings, port, app=app)
-    finally:
-        await runner.cleanup()
+from tests.helpers import Api, start_demo_server
 
 
 def _script_src(csp: str) -> str:
@@ -94,7 +74,7 @@ async def test_dev_token_is_404_under_serve(api: Api) -> None:
 async def test_dev_token_under_demo_signs_in(settings: Settings) -> None:
     """Under `livesale demo`, POST /dev/token {user, role} returns a token the API accepts for that user and
     role; admin and malformed bodies are 422 and mint nothing."""
-    async with demo_server(settings) as srv, Api(srv) as api:
+    async with start_demo_server(settings) as srv, Api(srv) as api:
         st, body = await api.call("POST", "/dev/token", json={"user": "bob", "role": "viewer"})
         assert st == 200
         user = Verifier(settings.secret).from_header("Bearer " + body["token"])

@@ -366,7 +366,7 @@ async function pollStats() {
       if (e.status === 404 || e.status === 405) {
         els.statsNote.textContent = 'not available on this server';
         els.stats.replaceChildren(h('p', { class: 'muted', text: 'This server does not report stream stats yet.' }));
-        els.chart.hidden = true;
+        els.chart.setAttribute('hidden', '');
         els.chart.nextElementSibling.hidden = true;
         return; // no stats endpoint: stop asking
       }
@@ -440,7 +440,7 @@ const live = new LiveSocket(streamId, {
 
 async function init() {
   els.skus.replaceChildren(...knownSkus().map((x) => h('option', { value: x })));
-  session.mountChip($('#chip'), 'host');
+  session.mountChip($('#chip'), 'host', () => (state.stream ? state.stream.host : ''));
   session.onChange((s) => {
     renderStream();
     live.setToken(s && s.token);

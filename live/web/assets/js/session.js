@@ -105,11 +105,11 @@ export function signIn({ role = 'viewer', user = '', reason = '', sc } = {}) {
 }
 
 // The user chip in a page header: "Sign in" or the name, which signs out.
-export function mountChip(el, role) {
+export function mountChip(el, role, prefill = () => '') {
   function render(s) {
     el.replaceChildren(s
       ? h('button', { class: 'chip', title: 'Sign out', text: s.user, onclick: () => signOut() })
-      : h('button', { class: 'chip accent', text: 'Sign in', onclick: () => signIn({ role }) }));
+      : h('button', { class: 'chip accent', text: 'Sign in', onclick: () => signIn({ role, user: prefill() }) }));
   }
   render(current());
   onChange(render);
