@@ -5,9 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
+from live.app import create_app
+from live.demo import seed_on_startup
 from live.pages import WEB_DIR
 from livesale.auth import Verifier
 from livesale.config import Settings
+from livesale.web import Runner
 from tests.helpers import Api, start_demo_server
 
 
@@ -101,3 +106,22 @@ def test_web_folder_is_package_data() -> None:
         if path.is_file():
             rel = path.relative_to(WEB_DIR.parent).as_posix()
             assert any(fnmatch(rel, g) for g in globs), f"{rel} is not in package-data"
+
+
+async def test_demo_prints_the_three_page_urls_first(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    """`make run` (livesale demo) prints the landing, a viewer page and the host console first, and each
+    of them is a page the server serves."""
+    app = create_app(settings)
+    app.on_startup.append(seed_on_startup)
+    runner = Runner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    await runner.cleanup()
+    lines = [line.split() for line in capsys.readouterr().out.strip().splitlines()]
+    assert [words[0] for words in lines[1:4]] == ["landing:", "viewer", "host"], lines[:4]
+    urls = [words[-1] if words[0] == "landing:" else words[2] for words in lines[1:4]]
+    base = f"http://{settings.host}:{settings.port}"
+    assert urls[0] == base + "/" and urls[1].startswith(base + "/s/st") and urls[2].startswith(base + "/host/st")
+    async with start_demo_server(settings) as srv, Api(srv) as api:
+        for url in urls:
+            async with api.session.get(url.replace(base, srv.url)) as r:
+                assert r.status == 200 and r.content_type == "text/html", url
