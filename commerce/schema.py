@@ -49,6 +49,7 @@ orders = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.UniqueConstraint("sale_id", "user_id", "idempotency_key", name="uq_order_idempotency"),
+    sa.Index("ix_orders_user_created", "user_id", "created_at"),  # a user's orders, newest first (me/orders)
 )
 
 # One row per (order, card): the provider's idempotency key. Written before the charge, closed after

@@ -10,6 +10,7 @@ from aiohttp import web
 import commerce.api
 import commerce.orders
 import live.api
+import live.discovery
 import live.pages
 import realtime
 from livesale.auth import Verifier
@@ -49,6 +50,7 @@ def create_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(services_ctx)
     live.api.setup(app)
+    live.discovery.setup(app)
     commerce.api.setup(app)
     realtime.setup(app, snapshot_source=live.api.snapshot_source)
     live.pages.setup(app)
