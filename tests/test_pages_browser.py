@@ -97,7 +97,8 @@ async def test_comments_cross_browsers_as_text_and_likes_count_up(api: Api, brow
 async def test_buyer_reserves_is_declined_pays_and_sees_each_state(api: Api, browser: Browser) -> None:
     """Buy reserves (the hold's countdown shows), a declined test card says so and keeps the hold, the
     Visa test card pays ("Paid", and the order is paid in the API); the per-user limit then shows
-    "Limit reached", and a sale bought out by another client shows "Sold out"."""
+    "Limit reached", a sale bought out by another client shows "Sold out", and the same buyer on another
+    device sees the purchase (GET /api/me/orders)."""
     s = await api.setup_sale(stock=3, per_user_limit=1, hold_s=120, price_cents=2500)
     page = await browser.page()
     await page.goto(f"{api.server.url}/s/{s['stream_id']}")
@@ -125,6 +126,10 @@ async def test_buyer_reserves_is_declined_pays_and_sees_each_state(api: Api, bro
         assert st == 201
     await expect(card.locator(".left")).to_have_text("Sold out")
     await expect(card.locator(".btn.buy")).to_be_disabled()
+    other_device = await browser.page()
+    await other_device.goto(f"{api.server.url}/s/{s['stream_id']}")
+    await sign_in(other_device, "dana")
+    await expect(_card(other_device, s["sale_id"])).to_have_attribute("data-phase", "paid")  # from me/orders
 
 
 async def test_an_unpaid_hold_expires_on_screen(api: Api, browser: Browser) -> None:
@@ -143,7 +148,7 @@ async def test_an_unpaid_hold_expires_on_screen(api: Api, browser: Browser) -> N
 
 
 async def test_host_console_runs_the_show_and_the_viewer_sees_each_step(api: Api, browser: Browser) -> None:
-    """From the host console: start the stream, pin, open a flash sale, end it, delete a comment, mute
+    """From the host console: start the stream, pin, unpin, open a flash sale, end it, delete a comment, mute
     its author, end the stream; the viewer page shows each as it happens."""
     host_token = api.server.token("hana", "host")
     st, _ = await api.call("POST", "/api/products", token=host_token, json={"sku": "MUG-1", "title": "Blue mug", "price_cents": 1200})
@@ -164,6 +169,9 @@ async def test_host_console_runs_the_show_and_the_viewer_sees_each_step(api: Api
     await host.click("#pin-form button[type=submit]")
     await expect(viewer.locator(".pinned-title")).to_have_text("Blue mug")
     await expect(host.locator("#pinned-now")).to_contain_text("Blue mug")
+    await host.click("#unpin")
+    await expect(viewer.locator("#pinned")).to_be_hidden()
+    await expect(host.locator("#pinned-now")).to_have_text("Nothing pinned")
 
     await host.fill("#s-sku", "MUG-1")
     await host.fill("#s-price", "9.50")
@@ -199,7 +207,25 @@ async def test_host_console_runs_the_show_and_the_viewer_sees_each_step(api: Api
     await expect(viewer.locator("#status")).to_have_text("Ended")
     await expect(viewer.locator("#conn")).to_have_text("The stream has ended. Thanks for watching!")
     st, view = await api.call("GET", f"/api/streams/{sid}")
-    assert view["status"] == "ended" and view["pinned"]["sku"] == "MUG-1"
+    assert view["status"] == "ended" and view["pinned"] is None
+
+
+async def test_landing_lists_live_then_scheduled_streams(api: Api, browser: Browser) -> None:
+    """The landing page lists live streams (with their viewer count) and scheduled ones apart, from
+    GET /api/streams, and a card opens that stream's viewer page."""
+    live = await api.setup_sale()
+    ht = api.server.token("host2", "host")
+    st, soon = await api.call("POST", "/api/streams", token=ht, json={"title": "Tomorrow's drop"})
+    st, gone = await api.call("POST", "/api/streams", token=ht, json={"title": "Old show"})
+    st, _ = await api.call("POST", f"/api/streams/{gone['id']}/end", token=ht)
+    page = await browser.page()
+    await page.goto(api.server.url + "/")
+    await expect(page.locator("#live .stream-card h3")).to_have_text(["Show"])
+    await expect(page.locator("#scheduled .stream-card h3")).to_have_text(["Tomorrow's drop"])
+    await expect(page.locator("#live .stream-card .badge")).to_have_text("LIVE")
+    await page.click("#live .stream-card")
+    await expect(page).to_have_url(f"{api.server.url}/s/{live['stream_id']}")
+    await expect(page.locator("#title")).to_have_text("Show")
 
 
 async def test_viewer_resumes_after_a_drop_and_never_shows_stale_stock(settings: Settings, browser: Browser) -> None:

@@ -302,7 +302,15 @@ export class SaleCard {
     this.checkingExpiry = false;
   }
 
-  // After a reload: the order this user made in this sale, if any (kept in localStorage).
+  // An order of this user in this sale, from GET /api/me/orders: a hold still open or a purchase.
+  adopt(order) {
+    if (this.order || !['reserved', 'paid'].includes(order.status)) return;
+    this.order = order;
+    this.setPhase(order.status);
+  }
+
+  // After a reload: the order this user made in this sale, if any (kept in localStorage, which also
+  // covers the moment before the order writer has put a fresh hold into SQL, where me/orders reads).
   async restore() {
     const s = session.current();
     if (!s) return;

@@ -115,6 +115,22 @@ async function refreshStaleSales() {
   }
 }
 
+// This user's orders on this stream (GET /api/me/orders, newest first): a reload or another device
+// shows the open hold or the purchase on its sale's card.
+async function adoptMyOrders() {
+  const s = session.current();
+  if (!s) return;
+  try {
+    const r = await api('GET', '/api/me/orders?limit=50', { token: s.token });
+    for (const o of r.orders) {
+      const card = o.stream_id === streamId && cards.get(o.sale);
+      if (card) card.adopt(o);
+    }
+  } catch {
+    // an older server without me/orders: localStorage (SaleCard.restore) still covers this browser
+  }
+}
+
 // ---- comments --------------------------------------------------------------------------------
 
 function commentEl(c) {
@@ -269,6 +285,7 @@ const handlers = {
       }
     }
     markStockStale(false);
+    adoptMyOrders();
     state.likes = ev.likes || 0;
     renderLikes();
     setViewers(ev.viewers || 0);
@@ -345,6 +362,7 @@ session.mountChip($('#chip'), 'viewer');
 session.onChange((s) => {
   live.setToken(s && s.token);
   for (const card of cards.values()) card.restore();
+  adoptMyOrders();
 });
 if (document.body.dataset.conn !== 'closed') live.connect();
 
