@@ -81,8 +81,9 @@ async def start_demo_server(settings: Settings, port: int | None = None) -> Asyn
         await runner.cleanup()
 
 
-def spawn_server(settings: Settings, *, workers: int = 1, extra_env: dict[str, str] | None = None) -> LiveServer:
-    """A separate `livesale serve` process on the given settings' Redis and SQL."""
+def spawn_server(settings: Settings, *, workers: int = 1, extra_env: dict[str, str] | None = None,
+                 command: str = "serve") -> LiveServer:
+    """A separate `livesale serve` (or `demo`) process on the given settings' Redis and SQL."""
     port = free_port()
     env = dict(os.environ)
     env.update(
@@ -97,7 +98,7 @@ def spawn_server(settings: Settings, *, workers: int = 1, extra_env: dict[str, s
     log_path = settings.data_dir / f"server-{port}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "live.cli", "serve", "--port", str(port), "--workers", str(workers)],
+            [sys.executable, "-m", "live.cli", command, "--port", str(port), "--workers", str(workers)],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )
     srv = LiveServer(settings, port, proc=proc)

@@ -13,7 +13,7 @@ from live.pages import WEB_DIR
 from livesale.auth import Verifier
 from livesale.config import Settings
 from livesale.web import Runner
-from tests.helpers import Api, start_demo_server
+from tests.helpers import Api, spawn_server, start_demo_server, stop_server
 
 
 def _script_src(csp: str) -> str:
@@ -125,3 +125,26 @@ async def test_demo_prints_the_three_page_urls_first(settings: Settings, capsys:
         for url in urls:
             async with api.session.get(url.replace(base, srv.url)) as r:
                 assert r.status == 200 and r.content_type == "text/html", url
+
+
+def test_demo_sign_in_works_on_every_worker(settings: Settings) -> None:
+    """`livesale demo --workers 2`: POST /dev/token answers on every worker (each new connection may
+    land on either), while `livesale serve --workers 2` answers 404 on all of them."""
+    import urllib.error
+    import urllib.request
+
+    def post_token(url: str) -> int:
+        req = urllib.request.Request(url + "/dev/token", data=b'{"user": "zoe", "role": "viewer"}',
+                                     headers={"Content-Type": "application/json", "Connection": "close"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    for command, expected in (("demo", 200), ("serve", 404)):
+        srv = spawn_server(settings, workers=2, command=command)
+        try:
+            assert {post_token(srv.url) for _ in range(24)} == {expected}, command
+        finally:
+            stop_server(srv)

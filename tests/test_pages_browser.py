@@ -259,7 +259,7 @@ async def test_viewer_resumes_after_a_drop_and_never_shows_stale_stock(settings:
 
 
 async def test_screenshots_of_viewer_and_console(api: Api, browser: Browser) -> None:
-    """Writes the viewer page (with a live sale, a hold and comments) and the host console at 390x844
+    """Writes the viewer page (with a live sale, a hold and comments), the host console and the landing at 390x844
     and 1280x800 to tests/out/screenshots (not committed) for a person to look at."""
     s = await api.setup_sale(stock=50, per_user_limit=2, price_cents=1900)
     await _pin(api, s)
@@ -284,6 +284,10 @@ async def test_screenshots_of_viewer_and_console(api: Api, browser: Browser) -> 
         await host.click("dialog button[type=submit]")
         await expect(host.locator(".host-sale")).to_have_count(1)
         await host.screenshot(path=str(SCREENSHOTS / f"console-{name}.png"), full_page=True)
+        landing = await browser.page(ctx=host_ctx)
+        await landing.goto(api.server.url + "/")
+        await expect(landing.locator("#live .stream-card")).to_have_count(1)
+        await landing.screenshot(path=str(SCREENSHOTS / f"landing-{name}.png"))
         await ctx.close()
         await host_ctx.close()
     names = [f"{p}-{n}" for p in ("viewer", "console") for n in ("phone", "desktop")]
