@@ -215,17 +215,22 @@ function showPoster(text) {
   els.unmute.hidden = true;
 }
 
+let starting = false;
+
 async function startVideo() {
   clearTimeout(playTimer);
-  if (player || videoUnavailable || state.status === 'ended') return;
+  if (player || starting || videoUnavailable || state.status === 'ended') return;
+  starting = true;
   try {
-    player = await play(streamId, els.video, { onEnded: () => stopVideo('The host\'s camera is off') });
+    const sess = await play(streamId, els.video, { onEnded: () => lost(sess) });
+    player = sess;
     els.video.play().catch(() => {});
   } catch (e) {
     player = null;
     if (e.code === 'no_publisher') {
       showPoster(state.status === 'scheduled' ? 'The show starts soon' : 'Waiting for the host\'s camera');
-      playTimer = setTimeout(startVideo, Math.max(2, e.retryAfter || 5) * 1000);
+      // With the stream's `video` field known, the `video` event says when to try again.
+      if (state.video == null) playTimer = setTimeout(startVideo, Math.max(2, e.retryAfter || 5) * 1000);
     } else if (e.status === 404 || e.status === 405) {
       videoUnavailable = true; // this server has no media plane
       showPoster('Video is not available on this server');
@@ -233,7 +238,16 @@ async function startVideo() {
       showPoster('Video will be back in a moment');
       playTimer = setTimeout(startVideo, 5000);
     }
+  } finally {
+    starting = false;
   }
+}
+
+// The peer connection of `sess` ended or failed: while the host still publishes, play again.
+function lost(sess) {
+  if (player !== sess) return;
+  stopVideo(state.video === 'live' ? 'Reconnecting the video…' : 'The host\'s camera is off');
+  if (state.video === 'live') playTimer = setTimeout(startVideo, 2000);
 }
 
 function stopVideo(text) {
@@ -261,7 +275,8 @@ els.video.addEventListener('click', () => {
 function onVideo(status) {
   state.video = status;
   if (status === 'live') startVideo();
-  else stopVideo(state.status === 'ended' ? 'This stream has ended' : 'The host\'s camera is off');
+  else if (player) stopVideo(state.status === 'ended' ? 'This stream has ended' : 'The host\'s camera is off');
+  else showPoster(state.status === 'ended' ? 'This stream has ended' : 'Waiting for the host\'s camera');
 }
 
 // ---- the live socket -------------------------------------------------------------------------
@@ -291,6 +306,7 @@ const handlers = {
     setViewers(ev.viewers || 0);
     addComments(ev.recent || [], true);
     if (ev.stream.video) onVideo(ev.stream.video);
+    else if (!player) startVideo(); // a server that does not say: ask WHEP (404: no media plane)
   },
   comment(ev) { addComments([ev]); },
   comment_deleted(ev) { deleteComment(ev.id); },
@@ -310,7 +326,7 @@ const handlers = {
   pin(ev) { renderPinned(ev.product); },
   stream(ev) {
     setStatus(ev.status);
-    if (ev.status === 'live' && state.video !== 'none') startVideo();
+    if (ev.status === 'ended') stopVideo('This stream has ended');
   },
   video(ev) { onVideo(ev.status); },
   error(ev) {
@@ -367,7 +383,6 @@ session.onChange((s) => {
 if (document.body.dataset.conn !== 'closed') live.connect();
 
 setInterval(() => { for (const card of cards.values()) card.tick(); }, 500);
-startVideo();
 
 // For tests and debugging: the page's own view of its state, read only.
 window.livesale = Object.freeze({ get seq() { return live.seq; }, get connected() { return live.open; }, now });
