@@ -9,8 +9,17 @@ from typing import Any
 import pytest
 
 from livesale.config import Settings
-from tests.browser import DESKTOP, PHONE, SCREENSHOTS, Browser, chromium, sign_in, unavailable_reason
-from tests.helpers import Api, LiveServer, start_demo_server
+from tests.browser import (
+    DESKTOP,
+    FAKE_MEDIA,
+    PHONE,
+    SCREENSHOTS,
+    Browser,
+    chromium,
+    sign_in,
+    unavailable_reason,
+)
+from tests.helpers import Api, LiveServer, start_demo_server, wait_for
 
 _WHY = unavailable_reason()
 if _WHY:
@@ -293,3 +302,48 @@ async def test_screenshots_of_viewer_and_console(api: Api, browser: Browser) -> 
     names = [f"{p}-{n}" for p in ("viewer", "console") for n in ("phone", "desktop")]
     names += ["viewer-phone-reserved", "viewer-desktop-reserved"]
     assert all((SCREENSHOTS / f"{n}.png").stat().st_size > 10_000 for n in names)  # noqa: ASYNC240 - after the browser is done
+
+
+async def test_host_camera_publishes_over_whip_and_viewer_plays_it(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With Chromium's fake camera, "Go live with camera" on the host console publishes over WHIP; the
+    viewer page's poster gives way to the video and its decoded frames keep rising; stopping the camera
+    brings the poster back."""
+    pytest.importorskip("live.media", reason="the media plane (live/media, WHIP/WHEP) is not in this tree")
+    monkeypatch.setenv("LIVESALE_MEDIA_ADDRESSES", "127.0.0.1")  # the server's ICE candidates (docs/media.md)
+    async with start_demo_server(settings) as srv, Api(srv) as api, chromium(*FAKE_MEDIA) as b:
+        s = await api.setup_sale(host="hana")
+        viewer = await b.page()
+        await viewer.goto(f"{srv.url}/s/{s['stream_id']}")
+        await expect(viewer.locator("#poster-text")).to_have_text("Waiting for the host's camera")
+        host = await b.page(DESKTOP)
+        await host.goto(f"{srv.url}/host/{s['stream_id']}")
+        await host.click("#chip button")
+        await host.click("dialog button[type=submit]")
+        await host.click("#golive")
+        await expect(host.locator("#video-status")).to_have_text("publishing")
+        await expect(viewer.locator("#poster")).to_be_hidden(timeout=20_000)
+        # Polled from here: the page's CSP refuses the eval() behind wait_for_function's expressions.
+        frames = "document.querySelector('#video').getVideoPlaybackQuality().totalVideoFrames"
+        decoded = """async () => {
+            const pc = window.livesale.peer;
+            if (!pc) return 0;
+            for (const r of (await pc.getStats()).values()) {
+              if (r.type === 'inbound-rtp' && r.kind === 'video') return r.framesDecoded || 0;
+            }
+            return 0;
+        }"""
+
+        async def rising(expr: str, above: int) -> int:
+            async def value() -> int:
+                n = int(await viewer.evaluate(expr))
+                return n if n > above else 0
+            return int(await wait_for(value, timeout=20))
+
+        first = await rising(decoded, 0)
+        await rising(decoded, first + 10)  # framesDecoded keeps rising: the video plays
+        await rising(frames, 0)
+        await viewer.screenshot(path=str(SCREENSHOTS / "viewer-phone-video.png"))
+        await host.click("#stopcam")
+        await expect(viewer.locator("#poster")).to_be_visible()
+        b.assert_clean()

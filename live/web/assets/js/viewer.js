@@ -385,4 +385,9 @@ if (document.body.dataset.conn !== 'closed') live.connect();
 setInterval(() => { for (const card of cards.values()) card.tick(); }, 500);
 
 // For tests and debugging: the page's own view of its state, read only.
-window.livesale = Object.freeze({ get seq() { return live.seq; }, get connected() { return live.open; }, now });
+window.livesale = Object.freeze({
+  get seq() { return live.seq; },
+  get connected() { return live.open; },
+  get peer() { return player && player.pc; },
+  now,
+});
