@@ -343,7 +343,41 @@ async def test_host_camera_publishes_over_whip_and_viewer_plays_it(
         first = await rising(decoded, 0)
         await rising(decoded, first + 10)  # framesDecoded keeps rising: the video plays
         await rising(frames, 0)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         await viewer.screenshot(path=str(SCREENSHOTS / "viewer-phone-video.png"))
         await host.click("#stopcam")
         await expect(viewer.locator("#poster")).to_be_visible()
         b.assert_clean()
+
+
+async def test_host_console_shows_live_stats_and_the_per_minute_chart(api: Api, browser: Browser) -> None:
+    """The console's stats (GET /api/streams/{id}/stats, every 3 s) count a viewer's comment, likes and
+    paid order as they happen, and the chart draws the per-minute series (a viewers line, order bars)."""
+    pytest.importorskip("live.stats", reason="stream analytics (live/stats.py) is not in this tree")
+    s = await api.setup_sale(host="hana", price_cents=1250)
+    host = await browser.page(DESKTOP)
+    await host.goto(f"{api.server.url}/host/{s['stream_id']}")
+    await host.click("#chip button")
+    await host.click("dialog button[type=submit]")
+    await expect(host.locator("[data-stat=comments] b")).to_have_text("0")
+    viewer = await browser.page()
+    await viewer.goto(f"{api.server.url}/s/{s['stream_id']}")
+    await sign_in(viewer, "una")
+    await viewer.fill("#comment", "first!")
+    await viewer.press("#comment", "Enter")
+    for _ in range(3):
+        await viewer.click("#like")
+    card = _card(viewer, s["sale_id"])
+    await card.locator(".btn.buy").click()
+    await card.locator(".btn.pay").click()
+    await expect(card).to_have_attribute("data-phase", "paid")
+    await expect(host.locator("[data-stat=comments] b")).to_have_text("1")
+    await expect(host.locator("[data-stat=likes] b")).to_have_text("3")
+    await expect(host.locator("[data-stat=paid_orders] b")).to_have_text("1")
+    await expect(host.locator("[data-stat=gmv_cents] b")).to_have_text("$12.50")
+    await expect(host.locator("[data-stat=viewers_now] b")).to_have_text("1")  # the host's own socket never counts
+    await expect(host.locator(".host-sale .facts")).to_contain_text("9 of 10 left · 1 sold")
+    await expect(host.locator("#chart rect.bar")).not_to_have_count(0)
+    await expect(host.locator("#chart path.line")).to_have_count(1)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await host.screenshot(path=str(SCREENSHOTS / "console-desktop-stats.png"), full_page=True)

@@ -318,46 +318,73 @@ function renderStats(st) {
   renderChart(st.series || []);
 }
 
-// A small hand-drawn SVG: orders per minute as bars, peak viewers per minute as a line.
+// A small hand-drawn SVG: orders per minute as bars, peak viewers per minute as a line, over the last
+// 30 minutes (at least 10 slots, so one minute of data is not one huge bar). Drawn at the element's own
+// pixel size so text is never stretched.
+const SLOTS_MIN = 10;
+const SLOTS_MAX = 30;
+
+function niceMax(v) {
+  if (v <= 2) return 2;
+  const p = 10 ** Math.floor(Math.log10(v));
+  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v && Number.isInteger((m * p) / 2)) return m * p;
+  return Math.ceil(v / 2) * 2;
+}
+
 function renderChart(series) {
-  const W = 600;
+  const W = Math.max(240, Math.round(els.chart.getBoundingClientRect().width) || 600);
   const H = 150;
-  const pad = { l: 30, r: 8, t: 10, b: 20 };
-  const pts = series.slice(-30);
-  const n = Math.max(pts.length, 1);
-  const maxV = Math.max(1, ...pts.map((p) => p.viewers_max || 0));
-  const maxO = Math.max(1, ...pts.map((p) => p.orders || 0));
+  const pad = { l: 34, r: 34, t: 10, b: 20 };
+  const pts = series.slice(-SLOTS_MAX);
+  const n = Math.max(pts.length, SLOTS_MIN);
+  const maxV = niceMax(Math.max(0, ...pts.map((p) => p.viewers_max || 0)));
+  const maxO = niceMax(Math.max(0, ...pts.map((p) => p.orders || 0)));
   const iw = W - pad.l - pad.r;
   const ih = H - pad.t - pad.b;
   const step = iw / n;
-  const x = (i) => pad.l + step * i + step / 2;
+  const x = (i) => pad.l + step * (n - pts.length + i) + step / 2; // newest minute on the right
+  const yV = (v) => pad.t + ih - (v / maxV) * ih;
   const kids = [];
   for (let g = 0; g <= 2; g++) {
     const y = pad.t + (ih * g) / 2;
     kids.push(svg('line', { class: 'grid', x1: pad.l, x2: W - pad.r, y1: y, y2: y }));
-    kids.push(svg('text', { x: 2, y: y + 3 }, String(Math.round(maxV * (1 - g / 2)))));
+    kids.push(svg('text', { x: pad.l - 6, y: y + 3, 'text-anchor': 'end' }, String((maxV * (2 - g)) / 2)));
+    kids.push(svg('text', { x: W - pad.r + 6, y: y + 3 }, String((maxO * (2 - g)) / 2)));
   }
+  const bw = Math.min(step * 0.6, 28);
   pts.forEach((p, i) => {
     const bh = ((p.orders || 0) / maxO) * ih;
-    kids.push(svg('rect', { class: 'bar', x: x(i) - step * 0.3, y: pad.t + ih - bh, width: step * 0.6, height: bh, rx: 2 }));
+    if (bh > 0) kids.push(svg('rect', { class: 'bar', x: x(i) - bw / 2, y: pad.t + ih - bh, width: bw, height: bh, rx: 2 }));
   });
   if (pts.length) {
-    const d = pts.map((p, i) => `${i ? 'L' : 'M'}${x(i).toFixed(1)},${(pad.t + ih - ((p.viewers_max || 0) / maxV) * ih).toFixed(1)}`).join(' ');
+    const d = pts.map((p, i) => `${i ? 'L' : 'M'}${x(i).toFixed(1)},${yV(p.viewers_max || 0).toFixed(1)}`).join(' ');
     kids.push(svg('path', { class: 'line', d }));
+    const last = pts[pts.length - 1];
+    kids.push(svg('circle', { class: 'dot', cx: x(pts.length - 1), cy: yV(last.viewers_max || 0), r: 3.5 }));
     const label = (p) => new Date(p.minute).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
-    kids.push(svg('text', { x: pad.l, y: H - 4 }, label(pts[0])));
-    if (pts.length > 1) kids.push(svg('text', { x: W - pad.r, y: H - 4, 'text-anchor': 'end' }, label(pts[pts.length - 1])));
+    kids.push(svg('text', { x: x(0), y: H - 4, 'text-anchor': pts.length > 1 ? 'start' : 'middle' }, label(pts[0])));
+    if (pts.length > 1) kids.push(svg('text', { x: x(pts.length - 1), y: H - 4, 'text-anchor': 'end' }, label(last)));
   } else {
     kids.push(svg('text', { x: W / 2, y: H / 2, 'text-anchor': 'middle' }, 'No data yet'));
   }
   els.chart.setAttribute('viewBox', `0 0 ${W} ${H}`);
-  els.chart.setAttribute('preserveAspectRatio', 'none');
   els.chart.replaceChildren(...kids);
+}
+
+// Sold and held counts are not pushed to viewers; the console reads them with the stats.
+async function refreshSales() {
+  try {
+    const r = await api('GET', `/api/streams/${encodeURIComponent(streamId)}/sales`);
+    for (const sale of r.sales) upsertSale(sale);
+  } catch {
+    // the next round tries again
+  }
 }
 
 let statsTimer = 0;
 async function pollStats() {
   clearTimeout(statsTimer);
+  refreshSales();
   const t = token();
   if (t) {
     try {
