@@ -381,3 +381,44 @@ async def test_host_console_shows_live_stats_and_the_per_minute_chart(api: Api, 
     await expect(host.locator("#chart path.line")).to_have_count(1)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await host.screenshot(path=str(SCREENSHOTS / "console-desktop-stats.png"), full_page=True)
+
+
+async def test_auction_from_the_console_bids_outbids_and_the_winner_pays(api: Api, browser: Browser) -> None:
+    """The host starts an auction from the console; a viewer bids the shown minimum and leads, is outbid
+    by another bidder's higher maximum (the page says so and shows the new leader and price), sets a
+    maximum of their own and leads again, wins when the clock runs out, and pays."""
+    pytest.importorskip("commerce.auctions", reason="auctions (commerce/auctions.py) are not in this tree")
+    s = await api.setup_sale(host="hana")
+    host = await browser.page(DESKTOP)
+    await host.goto(f"{api.server.url}/host/{s['stream_id']}")
+    await host.click("#chip button")
+    await host.click("dialog button[type=submit]")
+    amy = await browser.page()
+    await amy.goto(f"{api.server.url}/s/{s['stream_id']}")
+    await sign_in(amy, "amy")
+    await host.fill("#a-sku", s["sku"])
+    await host.fill("#a-start", "20.00")
+    await host.fill("#a-duration", "5")
+    await host.click("#auction-form button[type=submit]")
+    card = amy.locator("article.auction")
+    bid = card.locator(".btn.buy")
+    await expect(bid).to_have_text("Bid $20.00")
+    await bid.click()
+    await expect(card.locator(".leader")).to_have_text("You're winning · 1 bid")
+    st, body = await api.call("POST", f"/api/auctions/{await card.get_attribute('data-auction')}/bids",
+                              token=api.server.token("bob"), json={"max_cents": 2500},
+                              headers={"Idempotency-Key": "b1"})
+    assert st == 201 and body["status"] == "leading", body
+    await expect(card.locator(".leader")).to_have_text("bob leads · 2 bids")
+    await expect(card.locator(".price-now")).to_have_text("$21.00")
+    await expect(card.locator(".sale-note")).to_have_text("You were outbid. Bid again?")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await amy.screenshot(path=str(SCREENSHOTS / "viewer-phone-auction.png"))
+    await card.locator(".max-bid").fill("30")
+    await card.locator("button:text('Set max')").click()
+    await expect(card.locator(".leader")).to_have_text("You're winning · 3 bids")
+    await expect(card.locator(".price-now")).to_have_text("$26.00")
+    await expect(card.locator(".btn.pay")).to_have_text("Pay $26.00", timeout=30_000)  # anti-snipe: 10 s more
+    await expect(host.locator(".host-sale[data-status=sold] .facts")).to_contain_text("won by amy")
+    await card.locator(".btn.pay").click()
+    await expect(card.locator(".done")).to_have_text("✓ Paid")

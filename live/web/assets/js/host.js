@@ -13,14 +13,14 @@ const STATS_EVERY_MS = 3000;
 const MUTE_S = 600;
 const SKUS_KEY = 'livesale.skus';
 
-const state = { stream: null, sales: new Map(), pinned: null, likes: 0 };
+const state = { stream: null, sales: new Map(), auctions: new Map(), pinned: null, likes: 0 };
 const els = {
   title: $('#title'), status: $('#status'), viewers: $('#viewers'), likes: $('#likes-total'), conn: $('#conn'),
   start: $('#start'), end: $('#end'), warning: $('#owner-warning'), preview: $('#preview'), previewPoster: $('#preview-poster'),
   golive: $('#golive'), stopcam: $('#stopcam'), obs: $('#obs'), obsInfo: $('#obs-info'), videoStatus: $('#video-status'),
   stats: $('#stats'), statsNote: $('#stats-note'), chart: $('#chart'), pinnedNow: $('#pinned-now'),
   pinForm: $('#pin-form'), pinSku: $('#pin-sku'), unpin: $('#unpin'), productForm: $('#product-form'),
-  saleForm: $('#sale-form'), hostSales: $('#host-sales'), comments: $('#host-comments'), skus: $('#skus'),
+  saleForm: $('#sale-form'), auctionForm: $('#auction-form'), hostAuctions: $('#host-auctions'), hostSales: $('#host-sales'), comments: $('#host-comments'), skus: $('#skus'),
 };
 $('#viewer-link').href = `/s/${encodeURIComponent(streamId)}`;
 
@@ -273,6 +273,48 @@ async function endSale(id) {
   } catch (e) { report(e); }
 }
 
+// ---- auctions (DESIGN "Auctions") ----------------------------------------------------------
+
+els.auctionForm.addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const f = new FormData(els.auctionForm);
+  try {
+    const a = await hostCall('POST', `/api/streams/${streamId}/auctions`, {
+      sku: String(f.get('sku')).trim(),
+      starting_bid_cents: dollarsToCents(f.get('start')),
+      duration_s: Number(f.get('duration')),
+      hold_s: Number(f.get('hold')),
+    });
+    upsertAuction(a);
+    upsertAuction(await hostCall('POST', `/api/auctions/${a.id}/start`));
+    rememberSku(a.sku);
+    toast('Auction is open.');
+  } catch (ex) {
+    if (ex.status === 404 && ex.code === 'not_found' && /Not Found/.test(ex.message)) toast('This server has no auctions yet.', 'error');
+    else report(ex);
+  }
+});
+
+function upsertAuction(a) {
+  const prev = state.auctions.get(a.id) || {};
+  state.auctions.set(a.id, { ...prev, ...a });
+  renderAuctions();
+}
+
+function renderAuctions() {
+  const rows = [];
+  for (const a of state.auctions.values()) {
+    const end = timeOf(a.ends_at);
+    const when = a.status === 'active' && end ? `ends in ${clock(end - now())}` : a.status;
+    const who = a.status === 'sold' ? `won by ${a.winner}` : a.leader ? `${a.leader} leads` : 'no bids';
+    rows.push(h('li', { class: 'host-sale', dataset: { auction: a.id, status: a.status } },
+      h('span', { class: 'name', text: `${a.title || a.sku} · ${money(a.price_cents || a.starting_bid_cents, a.currency)}` }),
+      h('span', { class: `badge ${a.status === 'active' ? 'live' : ''}`, text: a.status }),
+      h('span', { class: 'facts', text: `${who} · ${a.bids || 0} bids · ${when}` })));
+  }
+  els.hostAuctions.replaceChildren(...rows);
+}
+
 // ---- comments and moderation -----------------------------------------------------------------
 
 function addComment(c) {
@@ -376,6 +418,7 @@ async function refreshSales() {
   try {
     const r = await api('GET', `/api/streams/${encodeURIComponent(streamId)}/sales`);
     for (const sale of r.sales) upsertSale(sale);
+    for (const a of r.auctions || []) upsertAuction(a);
   } catch {
     // the next round tries again
   }
@@ -433,6 +476,14 @@ const handlers = {
     upsertSale({ id, ...rest });
   },
   pin(ev) { renderPinned(ev.product); },
+  bid(ev) {
+    if (state.auctions.has(ev.auction)) upsertAuction({ id: ev.auction, price_cents: ev.price_cents, leader: ev.leader, ends_at: ev.ends_at, bids: ev.bids });
+  },
+  auction(ev) {
+    const { auction: id, type: _t, seq: _s, ts: _ts, ...rest } = ev;
+    if (state.auctions.has(id)) upsertAuction({ id, ...rest });
+    else api('GET', `/api/auctions/${encodeURIComponent(id)}`).then(upsertAuction).catch(() => {});
+  },
   stream(ev) {
     state.stream = { ...state.stream, status: ev.status };
     renderStream();
@@ -480,7 +531,7 @@ async function init() {
   } catch (e) { report(e); }
   live.connect();
   pollStats();
-  setInterval(renderSales, 1000);
+  setInterval(() => { renderSales(); renderAuctions(); }, 1000);
 }
 
 init();

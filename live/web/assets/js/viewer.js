@@ -5,6 +5,7 @@ import { $, h, toast, safeImageUrl } from './dom.js';
 import { count, money, now, syncClock } from './fmt.js';
 import { LiveSocket } from './live.js';
 import { play } from './media.js';
+import { AuctionCard } from './auctioncard.js';
 import { SaleCard } from './salecard.js';
 import * as session from './session.js';
 
@@ -16,8 +17,60 @@ const LIKES_PER_FRAME = 50;
 const state = { status: null, likes: 0, pendingLikes: 0, video: null };
 const cards = new Map();
 
-// Auction and group-buy cards plug in here by event type, beside the flash-sale handlers below.
-const extraHandlers = {};
+const auctions = new Map();
+
+// Auction (and, as they land, group-buy) cards, by event type, beside the flash-sale handlers below.
+const extraHandlers = {
+  async auction(ev) {
+    const card = auctions.get(ev.auction) || await addAuction(ev.auction);
+    if (!card) return;
+    const { auction: _id, type: _t, seq: _s, ts: _ts, ...rest } = ev;
+    card.update(rest);
+    if (['sold', 'unsold'].includes(ev.status)) retireAuctionLater(card);
+  },
+  async bid(ev) {
+    const card = auctions.get(ev.auction) || await addAuction(ev.auction);
+    if (card) card.onBid(ev);
+  },
+};
+
+async function addAuction(id, view) {
+  if (auctions.has(id)) return auctions.get(id);
+  try {
+    view = view || await api('GET', `/api/auctions/${encodeURIComponent(id)}`);
+  } catch {
+    return null;
+  }
+  if (auctions.has(id)) return auctions.get(id);
+  const card = new AuctionCard(view);
+  auctions.set(id, card);
+  els.sales.prepend(card.el);
+  return card;
+}
+
+function retireAuctionLater(card) {
+  setTimeout(() => {
+    const me = (session.current() || {}).user;
+    if (card.a.winner && card.a.winner === me) return; // the winner keeps Pay on screen
+    card.el.remove();
+    auctions.delete(card.id);
+  }, 20000);
+}
+
+// Auctions are not in the snapshot: GET /api/streams/{id}/sales lists them under `auctions`.
+async function loadAuctions() {
+  try {
+    const r = await api('GET', `/api/streams/${encodeURIComponent(streamId)}/sales`);
+    const me = (session.current() || {}).user;
+    for (const a of r.auctions || []) {
+      const open = ['scheduled', 'active', 'closing'].includes(a.status);
+      if (auctions.has(a.id)) auctions.get(a.id).update(a);
+      else if (open || (a.status === 'sold' && a.winner === me)) addAuction(a.id, a);
+    }
+  } catch {
+    // a server without the listing: auction events still bring cards in
+  }
+}
 
 const els = {
   title: $('#title'), status: $('#status'), viewers: $('#viewers'), conn: $('#conn'),
@@ -301,6 +354,7 @@ const handlers = {
     }
     markStockStale(false);
     adoptMyOrders();
+    loadAuctions();
     state.likes = ev.likes || 0;
     renderLikes();
     setViewers(ev.viewers || 0);
@@ -378,11 +432,15 @@ session.mountChip($('#chip'), 'viewer');
 session.onChange((s) => {
   live.setToken(s && s.token);
   for (const card of cards.values()) card.restore();
+  for (const card of auctions.values()) card.render();
   adoptMyOrders();
 });
 if (document.body.dataset.conn !== 'closed') live.connect();
 
-setInterval(() => { for (const card of cards.values()) card.tick(); }, 500);
+setInterval(() => {
+  for (const card of cards.values()) card.tick();
+  for (const card of auctions.values()) card.tick();
+}, 500);
 
 // For tests and debugging: the page's own view of its state, read only.
 window.livesale = Object.freeze({
