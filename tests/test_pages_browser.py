@@ -422,3 +422,41 @@ async def test_auction_from_the_console_bids_outbids_and_the_winner_pays(api: Ap
     await expect(host.locator(".host-sale[data-status=sold] .facts")).to_contain_text("won by amy")
     await card.locator(".btn.pay").click()
     await expect(card.locator(".done")).to_have_text("✓ Paid")
+
+
+async def test_group_buy_started_on_the_viewer_page_fills_through_its_share_link(api: Api, browser: Browser) -> None:
+    """A viewer starts a group from the group-buy card (tier ladder, first tier charged) and gets a share
+    link; a second viewer opens it (/g/{group}?ref=...), signs in and joins; the first sees the group
+    grow to the next tier, and succeed when a third member fills it."""
+    pytest.importorskip("commerce.groupbuys", reason="group-buys (commerce/groupbuys.py) are not in this tree")
+    s = await api.setup_sale(host="hana")
+    st, gb = await api.call("POST", f"/api/streams/{s['stream_id']}/groupbuys", token=s["host_token"], json={
+        "sku": s["sku"], "stock": 10, "group_ttl_s": 600,
+        "tiers": [{"size": 2, "price_cents": 1800}, {"size": 3, "price_cents": 1500}]})
+    assert st == 201, gb
+    amy = await browser.page()
+    await amy.goto(f"{api.server.url}/s/{s['stream_id']}")
+    await sign_in(amy, "amy")
+    card = amy.locator(f"article.groupbuy[data-groupbuy='{gb['id']}']")
+    await expect(card.locator(".tier-ladder li")).to_have_text(["2 people$18.00", "3 people$15.00"])
+    await card.locator(".btn.buy").click()
+    await expect(card.locator(".my-group")).to_have_attribute("data-members", "1")
+    link = await card.locator(".share-link").input_value()
+    assert "/g/" in link and link.endswith("ref=amy"), link
+    bob = await browser.page()
+    await bob.goto(link)
+    await sign_in(bob, "bob")
+    await bob.locator("#group .btn.buy").click()
+    await expect(bob.locator("#group .sale-note")).to_have_text("You are in! You pay the price the group reaches.")
+    await expect(bob.locator("#group")).to_have_attribute("data-members", "2")
+    await expect(card.locator(".my-group")).to_have_attribute("data-members", "2")
+    await expect(card.locator(".tier-ladder li.reached")).to_have_count(1)
+    gid = link.split("/g/")[1].split("?")[0]
+    st, body = await api.call("POST", f"/api/groups/{gid}/members", token=api.server.token("cara"),
+                              json={"payment_method": "pm_card_visa"}, headers={"Idempotency-Key": "c1"})
+    assert st == 201, body
+    await expect(card.locator(".my-group")).to_have_attribute("data-status", "succeeded")
+    await expect(card.locator(".group-status")).to_contain_text("3 people at $15.00 each")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await bob.screenshot(path=str(SCREENSHOTS / "group-phone.png"))
+    await amy.screenshot(path=str(SCREENSHOTS / "viewer-phone-groupbuy.png"))

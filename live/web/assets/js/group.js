@@ -8,23 +8,32 @@ const gid = decodeURIComponent(location.pathname.split('/')[2] || '');
 const ref = new URLSearchParams(location.search).get('ref');
 const box = $('#group');
 let group = null;
+let gb = {};
 let key = null;
+let joined = false;
 
 function render(note = '') {
   const g = group;
   const members = Array.isArray(g.members) ? g.members.length : Number(g.members) || 0;
-  const tiers = g.tiers || (g.next_tier ? [g.next_tier] : []);
+  const tiers = gb.tiers || (g.next_tier ? [g.next_tier] : []);
+  const currency = gb.currency || 'USD';
   const left = timeOf(g.expires_at) ? timeOf(g.expires_at) - now() : 0;
+  const state = g.status === 'open' ? `closes in ${clock(left)}` : g.status;
+  box.dataset.status = g.status;
+  box.dataset.members = String(members);
   box.replaceChildren(
     h('span', { class: 'tag', text: 'Group buy' }),
-    h('h2', { text: g.title || g.sku || 'Group' }),
-    h('p', { class: 'price-now', text: money(g.price_cents, g.currency) }),
-    h('p', { class: 'muted', text: `${members} joined · led by ${g.leader} · ${g.status === 'open' ? `closes in ${clock(left)}` : g.status}` }),
-    tiers.length ? h('ul', { class: 'tiers' }, tiers.map((t) =>
-      h('li', { class: members >= t.size ? 'reached' : '' }, h('span', { text: `${t.size} people` }), h('b', { text: money(t.price_cents, g.currency) })))) : null,
-    note ? h('p', { class: 'sale-note', text: note }) : null,
-    g.status === 'open' ? h('button', { class: 'btn buy', type: 'button', text: 'Join this group', onclick: join }) : null,
-    h('p', { class: 'muted', text: `Share: ${location.origin}${g.share_path || location.pathname}` }));
+    h('h2', { text: gb.title || gb.sku || 'Group' }),
+    h('p', { class: 'price-now', text: `${money(g.price_cents, currency)} each` }),
+    h('p', { class: 'muted', text: `${members} of ${g.size || '?'} joined · started by ${g.leader} · ${state}` }),
+    tiers.length ? h('ol', { class: 'tier-ladder' }, tiers.map((t) =>
+      h('li', { class: members >= t.size ? 'reached' : '' }, h('span', { text: `${t.size} people` }), h('b', { text: money(t.price_cents, currency) })))) : null,
+    note ? h('p', { class: 'sale-note reserved', role: 'status', text: note }) : null,
+    g.status === 'open' && !joined
+      ? h('button', { class: 'btn buy', type: 'button', text: `Join · ${money(tiers.length ? tiers[0].price_cents : g.price_cents, currency)} now`, onclick: join })
+      : null,
+    gb.stream_id ? h('a', { class: 'btn ghost', href: `/s/${encodeURIComponent(gb.stream_id)}`, text: 'Watch the show' }) : null,
+    h('p', { class: 'muted small-print', text: 'You are charged the first tier now; when the group grows, the difference is refunded. If it does not fill in time, everything is refunded.' }));
 }
 
 async function join() {
@@ -37,10 +46,12 @@ async function join() {
       token: s.token, headers: { 'Idempotency-Key': key }, json: { payment_method: 'pm_card_visa', ...(ref ? { ref } : {}) },
     });
     key = null;
+    joined = true;
     await load('You are in! You pay the price the group reaches.');
   } catch (e) {
     if (e.status === 0 || e.status >= 500) { render('Could not reach the shop. Try again.'); return; }
     key = null;
+    if (e.code === 'already_in_group') joined = true;
     const msgs = { group_full: 'This group is full.', group_closed: 'This group has closed.', already_in_group: 'You are already in a group for this deal.', sold_out: 'Sold out.', card_declined: 'Card declined.' };
     render(msgs[e.code] || e.message);
   }
@@ -49,6 +60,7 @@ async function join() {
 async function load(note) {
   try {
     group = await api('GET', `/api/groups/${encodeURIComponent(gid)}`);
+    if (!gb.id && group.groupbuy) gb = await api('GET', `/api/groupbuys/${encodeURIComponent(group.groupbuy)}`).catch(() => ({}));
     render(note);
   } catch (e) {
     box.replaceChildren(h('h2', { text: e.status === 404 ? 'No such group' : 'Could not load this group' }),

@@ -6,6 +6,7 @@ import { count, money, now, syncClock } from './fmt.js';
 import { LiveSocket } from './live.js';
 import { play } from './media.js';
 import { AuctionCard } from './auctioncard.js';
+import { GroupBuyCard } from './groupcard.js';
 import { SaleCard } from './salecard.js';
 import * as session from './session.js';
 
@@ -18,8 +19,9 @@ const state = { status: null, likes: 0, pendingLikes: 0, video: null };
 const cards = new Map();
 
 const auctions = new Map();
+const groupbuys = new Map();
 
-// Auction (and, as they land, group-buy) cards, by event type, beside the flash-sale handlers below.
+// Auction and group-buy cards, by event type, beside the flash-sale handlers below.
 const extraHandlers = {
   async auction(ev) {
     const card = auctions.get(ev.auction) || await addAuction(ev.auction);
@@ -32,7 +34,25 @@ const extraHandlers = {
     const card = auctions.get(ev.auction) || await addAuction(ev.auction);
     if (card) card.onBid(ev);
   },
+  async group(ev) {
+    const card = groupbuys.get(ev.groupbuy) || await addGroupBuy(ev.groupbuy);
+    if (card) card.onGroup(ev);
+  },
 };
+
+async function addGroupBuy(id, view) {
+  if (groupbuys.has(id)) return groupbuys.get(id);
+  try {
+    view = view || await api('GET', `/api/groupbuys/${encodeURIComponent(id)}`);
+  } catch {
+    return null;
+  }
+  if (groupbuys.has(id)) return groupbuys.get(id);
+  const card = new GroupBuyCard(view);
+  groupbuys.set(id, card);
+  els.sales.append(card.el);
+  return card;
+}
 
 async function addAuction(id, view) {
   if (auctions.has(id)) return auctions.get(id);
@@ -57,7 +77,8 @@ function retireAuctionLater(card) {
   }, 20000);
 }
 
-// Auctions are not in the snapshot: GET /api/streams/{id}/sales lists them under `auctions`.
+// Auctions and group-buys are not in the snapshot: GET /api/streams/{id}/sales lists them under
+// `auctions` and `groupbuys`.
 async function loadAuctions() {
   try {
     const r = await api('GET', `/api/streams/${encodeURIComponent(streamId)}/sales`);
@@ -66,6 +87,10 @@ async function loadAuctions() {
       const open = ['scheduled', 'active', 'closing'].includes(a.status);
       if (auctions.has(a.id)) auctions.get(a.id).update(a);
       else if (open || (a.status === 'sold' && a.winner === me)) addAuction(a.id, a);
+    }
+    for (const gb of r.groupbuys || []) {
+      if (groupbuys.has(gb.id)) groupbuys.get(gb.id).update(gb);
+      else if (gb.status === 'active') addGroupBuy(gb.id, gb);
     }
   } catch {
     // a server without the listing: auction events still bring cards in
@@ -433,6 +458,7 @@ session.onChange((s) => {
   live.setToken(s && s.token);
   for (const card of cards.values()) card.restore();
   for (const card of auctions.values()) card.render();
+  for (const card of groupbuys.values()) card.restore();
   adoptMyOrders();
 });
 if (document.body.dataset.conn !== 'closed') live.connect();
@@ -440,6 +466,7 @@ if (document.body.dataset.conn !== 'closed') live.connect();
 setInterval(() => {
   for (const card of cards.values()) card.tick();
   for (const card of auctions.values()) card.tick();
+  for (const card of groupbuys.values()) card.tick();
 }, 500);
 
 // For tests and debugging: the page's own view of its state, read only.
