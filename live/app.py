@@ -11,7 +11,9 @@ import commerce.api
 import commerce.orders
 import live.api
 import live.discovery
+import live.media
 import live.pages
+import live.stats
 import realtime
 from livesale.auth import Verifier
 from livesale.bus import Bus
@@ -19,6 +21,7 @@ from livesale.config import Settings
 from livesale.db import create_tables, make_engine
 from livesale.errors import Unavailable
 from livesale.fasthttp import FastSite
+from livesale.limits import GatedSite
 from livesale.redis_client import connect, redis_errors
 from livesale.services import SERVICES, Services
 from livesale.web import MAX_BODY, catch_all, guarded, json_response, quiet_client_errors
@@ -34,7 +37,7 @@ def create_app(settings: Settings) -> web.Application:
     m.ENABLED = settings.metrics
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
-        redis = connect(settings.redis_url or "")
+        redis = connect(settings.redis_url or "", timeout_s=settings.redis_timeout_s)
         engine = make_engine(settings.sql_url)
         await create_tables(engine)
         app[SERVICES] = Services(
@@ -51,6 +54,8 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(services_ctx)
     live.api.setup(app)
     live.discovery.setup(app)
+    live.media.setup(app)
+    live.stats.setup(app)
     commerce.api.setup(app)
     realtime.setup(app, snapshot_source=live.api.snapshot_source)
     live.pages.setup(app)
@@ -64,11 +69,12 @@ def create_app(settings: Settings) -> web.Application:
 def make_site(runner: web.AppRunner, settings: Settings, *, port: int | None = None,
               reuse_port: bool = False) -> web.TCPSite:
     """The listening socket of a set-up runner: purchase requests on livesale.fasthttp's lean path
-    (every other request, and all of them with `fast_path` off, on aiohttp)."""
+    (every other request, and all of them with `fast_path` off, on aiohttp), accepted under the
+    connection cap (docs/limits.md)."""
     port = settings.port if port is None else port
     if settings.fast_path:
         return FastSite(runner, settings.host, port, commerce.orders.fast_reserve, reuse_port=reuse_port)
-    return web.TCPSite(runner, settings.host, port, reuse_port=reuse_port)
+    return GatedSite(runner, settings.host, port, reuse_port=reuse_port)
 
 
 async def healthz(_request: web.Request) -> web.Response:
