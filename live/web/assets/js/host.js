@@ -258,11 +258,11 @@ function renderSales() {
     const end = timeOf(s.ends_at);
     const when = s.status === 'active' && end ? `ends in ${clock(end - now())}` : s.status;
     rows.push(h('li', { class: 'host-sale', dataset: { sale: s.id, status: s.status } },
-      h('span', { class: 'name', text: `${s.title || s.sku} · ${money(s.price_cents, s.currency)}` }),
+      h('span', { class: 'name', text: s.title || s.sku }),
       s.status === 'ended'
         ? h('span', { class: 'badge ended', text: 'ended' })
         : h('button', { class: 'btn danger small', type: 'button', text: 'End sale', onclick: () => endSale(s.id) }),
-      h('span', { class: 'facts', text: `${s.available} of ${s.stock} left${s.sold != null ? ` · ${s.sold} sold` : ''} · ${when}` })));
+      h('span', { class: 'facts', text: `${money(s.price_cents, s.currency)} · ${s.available} of ${s.stock} left${s.sold != null ? ` · ${s.sold} sold` : ''} · ${when}` })));
   }
   els.hostSales.replaceChildren(...rows);
 }
@@ -308,9 +308,9 @@ function renderAuctions() {
     const when = a.status === 'active' && end ? `ends in ${clock(end - now())}` : a.status;
     const who = a.status === 'sold' ? `won by ${a.winner}` : a.leader ? `${a.leader} leads` : 'no bids';
     rows.push(h('li', { class: 'host-sale', dataset: { auction: a.id, status: a.status } },
-      h('span', { class: 'name', text: `${a.title || a.sku} · ${money(a.price_cents || a.starting_bid_cents, a.currency)}` }),
+      h('span', { class: 'name', text: a.title || a.sku }),
       h('span', { class: `badge ${a.status === 'active' ? 'live' : ''}`, text: a.status }),
-      h('span', { class: 'facts', text: `${who} · ${a.bids || 0} bids · ${when}` })));
+      h('span', { class: 'facts', text: `${money(a.price_cents || a.starting_bid_cents, a.currency)} · ${who} · ${a.bids || 0} bids · ${when}` })));
   }
   els.hostAuctions.replaceChildren(...rows);
 }
