@@ -337,14 +337,15 @@ class Auctions:
             return None
         return Closed(r[0].decode(), r[2].decode(), int(r[3]), r[4].decode(), bool(r[5]))
 
-    async def award_step(self, auction_id: str, c: Closed, now: int | None = None) -> None:
+    async def award_step(self, auction_id: str, c: Closed) -> None:
         """Step 2: the winner's order (idempotent by its id), then the sets that have it swept and
-        written (a retry after a failure between the two does both again)."""
+        written (a retry after a failure between the two does both again). Its hold starts now by
+        Redis's clock, which expiry goes by, whatever clock closed the auction."""
         info = await self.info(auction_id)
         f = await self.svc.redis.hmget(keys.auction(info.stream, auction_id),  # type: ignore[misc]
                                        "hold_ms", "sku", "title", "currency")
         await AWARD(self.svc.redis, keys.sale_keys(auction_id), [
-            c.order, c.winner, c.price, f[0], "" if now is None else now, info.stream, f[1], f[2], f[3],
+            c.order, c.winner, c.price, f[0], "", info.stream, f[1], f[2], f[3],
             WIN_KEY, keys.WRITER_GROUP])
         pipe = self.svc.redis.pipeline(transaction=False)
         pipe.sadd(keys.OPEN_SALES, auction_id)  # the sweeper expires its hold
@@ -363,7 +364,7 @@ class Auctions:
         if c is None or c.status not in ("sold", "unsold"):
             return c
         if c.status == "sold" and not c.announced:
-            await self.award_step(auction_id, c, now)
+            await self.award_step(auction_id, c)
             await self.announce_step(auction_id, now)
             c.announced = True
         await self._record(auction_id, c)
