@@ -9,7 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
-from commerce import catalog, orders, sales
+from commerce import catalog, groupbuy_api, orders, sales
+from commerce.group_money import GroupSweeper
 from commerce.orders import COMMERCE, Commerce
 from commerce.payments import load_provider
 from commerce.settlement import Reconciler
@@ -66,6 +67,15 @@ async def get_sale(request: web.Request) -> web.Response:
     return json_response(await sales.get_sale(request.app[SERVICES], request.match_info["id"]))
 
 
+async def create_groupbuy(request: web.Request) -> web.Response:
+    stream = await _stream_owner(request.app[SERVICES], request, request.match_info["id"])
+    return await groupbuy_api.create_groupbuy(request, stream)
+
+
+async def end_groupbuy(request: web.Request) -> web.Response:
+    return await groupbuy_api.end_groupbuy(request, _stream_owner)
+
+
 async def _background(app: web.Application) -> AsyncIterator[None]:
     svc = app[SERVICES]
     com = Commerce(svc, load_provider(svc.settings.payment_provider, svc.redis))
@@ -77,7 +87,9 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     writer.busy = com.reserver.taking_orders
     reconciler = Reconciler(svc, com.provider, svc.settings.settle_grace_s, svc.settings.settle_interval_s)
     tasks = [asyncio.create_task(sweeper.run(), name="sweeper"),
-             asyncio.create_task(reconciler.run(), name="reconciler")]
+             asyncio.create_task(reconciler.run(), name="reconciler"),
+             asyncio.create_task(GroupSweeper(svc, com.provider, svc.settings.sweep_interval_s).run(),
+                                 name="group_sweeper")]
     if svc.settings.run_writer:
         tasks.append(asyncio.create_task(writer.run(), name="writer"))
     yield
@@ -103,3 +115,9 @@ def setup(app: web.Application) -> None:
     r.add_get("/api/orders/{id}", guarded(orders.get_order))
     r.add_post("/api/orders/{id}/pay", guarded(orders.pay))
     r.add_post("/api/orders/{id}/cancel", guarded(orders.cancel))
+    r.add_post("/api/streams/{id}/groupbuys", guarded(create_groupbuy))
+    r.add_get("/api/groupbuys/{id}", guarded(groupbuy_api.get_groupbuy))
+    r.add_post("/api/groupbuys/{id}/end", guarded(end_groupbuy))
+    r.add_post("/api/groupbuys/{id}/groups", guarded(groupbuy_api.open_group))
+    r.add_get("/api/groups/{gid}", guarded(groupbuy_api.get_group))
+    r.add_post("/api/groups/{gid}/members", guarded(groupbuy_api.join_group))

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from livesale.redis_client import LuaScript
 
-LOG_TYPES = frozenset({"comment", "comment_deleted", "pin", "sale", "stream"})
+LOG_TYPES = frozenset({"comment", "comment_deleted", "pin", "sale", "stream", "group"})
 STATE_TYPES = frozenset({"likes", "stock", "viewers"})
 
 # append_log(): the one way a stream-log event is written (bus_publish.lua, live/stream_cas.lua).

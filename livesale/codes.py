@@ -26,6 +26,12 @@ class ErrorCode(StrEnum):
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     ORDER_NOT_PENDING = "order_not_pending"
     CARD_DECLINED = "card_declined"
+    # Group-buys (docs/groupbuy.md).
+    INVALID_TIERS = "invalid_tiers"
+    GROUPBUY_NOT_ACTIVE = "groupbuy_not_active"
+    GROUP_FULL = "group_full"
+    GROUP_CLOSED = "group_closed"
+    ALREADY_IN_GROUP = "already_in_group"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
     # WebSocket `error` event codes (DESIGN.md "WebSocket").

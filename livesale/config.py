@@ -60,6 +60,11 @@ class Settings:
     # The payment provider: "package.module:factory", a callable taking no arguments that returns a
     # commerce.payments.PaymentProvider. Empty: the built-in TestProvider (Stripe's test methods).
     payment_provider: str = ""
+    # Group-buys: a member still being charged this long after joining (its process died, or the
+    # provider hangs) is settled by the group sweeper from what the provider says; a process settling a
+    # closed group's money holds it this long at most (then another takes over).
+    group_pending_s: float = 30.0
+    group_lease_s: float = 15.0
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -80,6 +85,8 @@ class Settings:
             fast_path=env.get("LIVESALE_FAST_PATH", "1") not in ("0", "false", "off"),
             settle_grace_s=float(env.get("LIVESALE_SETTLE_GRACE_S", "60")),
             payment_provider=env.get("LIVESALE_PAYMENT_PROVIDER", ""),
+            group_pending_s=float(env.get("LIVESALE_GROUP_PENDING_S", "30")),
+            group_lease_s=float(env.get("LIVESALE_GROUP_LEASE_S", "15")),
         )
         secret = overrides.pop("secret", None) or env.get("LIVESALE_SECRET") or _load_secret(data_dir)
         return replace(s, secret=secret, **overrides)
