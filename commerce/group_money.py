@@ -47,9 +47,10 @@ from livesale.tasks import keep_running
 
 log = logging.getLogger("livesale.groupbuy")
 
-# Test-only fault hook: seconds to sleep after each close refund, before it is recorded, so a test can
-# kill a settler between a refund and its record.
+# Test-only fault hooks: seconds to sleep after each close refund (before it is recorded), and after a
+# join's charge (before the member is confirmed), so a test can kill a process right there.
 _REFUND_DELAY = float(os.environ.get("LIVESALE_GROUP_REFUND_DELAY", "0") or 0)
+_CHARGE_DELAY = float(os.environ.get("LIVESALE_GROUP_CHARGE_DELAY", "0") or 0)
 NO_CHARGE_SETTLE_S = 3600.0  # a `charge` row whose charge no one finds is closed this long after
 # Versions of a member's SQL row (it only moves forward).
 V_PENDING, V_JOINED, V_CLOSED = 1, 2, 3
@@ -175,6 +176,8 @@ async def join(svc: Services, provider: PaymentProvider, gb_id: str, gid: str, u
         await _release(svc, gb_id, oid)
         await _best_effort("declined charge", _close_payment(svc.db, oid, "charge", "declined", charge.id))
         raise PaymentDeclined(f"the card was declined ({charge.decline_code}); nothing is held")
+    if _CHARGE_DELAY:
+        await asyncio.sleep(_CHARGE_DELAY)
     with redis_errors():
         c: Any = await gbm.CONFIRM(svc.redis, ks, [oid, charge.id, price])
     if int(c[0]) == -2:
