@@ -234,8 +234,11 @@ async def settle_group(svc: Services, provider: PaymentProvider, gb_id: str, gid
         if not await svc.redis.sismember(ks[7], gid):  # type: ignore[misc]
             return True  # settled by another process before we took the lease
         stream, currency = await svc.redis.hmget(ks[0], "stream", "currency")  # type: ignore[misc]
-        if await svc.redis.hsetnx(ks[1], "ev:" + gid, 1):  # type: ignore[misc]
+        if not await svc.redis.hexists(ks[1], "ev:" + gid):  # type: ignore[misc]
+            # Announced before the refunds, so viewers see the close at once; a settler that dies
+            # between the two leaves it to the next, which announces it again (at least once).
             await publish_group(svc, stream.decode(), gid)
+            await svc.redis.hset(ks[1], "ev:" + gid, 1)  # type: ignore[misc]
         members = (await svc.redis.hget(ks[1], "m:" + gid) or b"").decode().split(",")  # type: ignore[misc]
         for oid in filter(None, members):
             await _settle_member(svc, provider, gb_id, oid, currency.decode())
@@ -281,8 +284,12 @@ async def end_groupbuy(svc: Services, provider: PaymentProvider, gb_id: str) -> 
         before, _ = await pipe.execute()
         if before == b"ended":
             return False
-        for raw in await svc.redis.zrange(ks[5], 0, -1):
-            await close_group(svc, provider, gb_id, raw.decode(), force=True)
+        gids = [raw.decode() for raw in await svc.redis.zrange(ks[5], 0, -1)]
+    for gid in gids:
+        try:
+            await close_group(svc, provider, gb_id, gid, force=True)
+        except Exception:  # noqa: BLE001 - the group-buy has ended; the sweeper finishes each close
+            log.warning("group %s: closing at the group-buy's end failed; the sweeper retries", gid, exc_info=True)
     return True
 
 
@@ -321,14 +328,15 @@ class GroupSweeper:
         stuck = await redis.zrangebyscore(ks[6], "-inf", now - int(self.svc.settings.group_pending_s * 1000),
                                           start=0, num=100)
         for oid in stuck:
-            await self._settle_stuck(gb_id, oid.decode(), int(price0))
+            await self._each("member " + oid.decode(), self._settle_stuck(gb_id, oid.decode(), int(price0)))
         ended = status == b"ended"
         due = await (redis.zrange(ks[5], 0, -1) if ended else redis.zrangebyscore(ks[5], "-inf", now))
         closed = 0
         for gid in due:
-            closed += await close_group(self.svc, self.provider, gb_id, gid.decode(), force=ended)
+            closed += await self._each("group " + gid.decode(),
+                                       close_group(self.svc, self.provider, gb_id, gid.decode(), force=ended))
         for gid in await redis.smembers(ks[7]):  # type: ignore[misc]
-            await settle_group(self.svc, self.provider, gb_id, gid.decode())
+            await self._each("group " + gid.decode(), settle_group(self.svc, self.provider, gb_id, gid.decode()))
         if ended:
             pipe = redis.pipeline(transaction=False)
             pipe.zcard(ks[5])
@@ -337,6 +345,16 @@ class GroupSweeper:
             if not any(await pipe.execute()):
                 await redis.srem(keys.OPEN_GROUPBUYS, gb_id)  # type: ignore[misc]
         return closed
+
+    @staticmethod
+    async def _each(what: str, step: Any) -> int:
+        """One member's or group's step: a provider or SQL outage stops that one until the next pass,
+        not the others (a lost Redis stops the pass: keep_running waits and retries)."""
+        try:
+            return int(bool(await step))
+        except (ProviderUnavailable, Unavailable, DBAPIError) as exc:
+            log.warning("%s: left for the next pass (%r)", what, exc)
+            return 0
 
     async def _settle_stuck(self, gb_id: str, oid: str, price: int) -> None:
         """A member pending past group_pending_s: its join request died or hangs. The provider says

@@ -338,3 +338,24 @@ async def test_refs_are_recorded_per_member(api: Api, server: LiveServer) -> Non
     async with server.app[SERVICES].db.connect() as conn:
         refs = (await conn.execute(sa.select(group_orders.c.user_id, group_orders.c.ref))).all()
     assert sorted(refs) == [("alice", None), ("bob", "alice")]
+
+
+async def test_member_orders_in_me_orders_and_groupbuys_in_stream_sales(api: Api, redis: aioredis.Redis) -> None:
+    """GET /api/me/orders lists a member's order as kind `group` with its live money; a declined
+    attempt is not listed; GET /api/streams/{id}/sales lists the group-buy under `groupbuys`."""
+    s = await setup_groupbuy(api, stock=5)
+    st, _ = await open_group(api, s["gb_id"], "m0", key="bad", method="pm_card_chargeDeclined")
+    assert st == 402
+    gid, (oid, _) = await fill(api, s["gb_id"], 2, prefix="m")
+    await expire_now(redis, gid)
+
+    async def refunded() -> bool:
+        st, page = await api.call("GET", "/api/me/orders", token=api.server.token("m0"))
+        return bool(page["orders"] and page["orders"][0]["refunded_cents"] == 0 and page["orders"][0]["status"] == "paid")
+    await wait_for(refunded, timeout=10)
+    st, page = await api.call("GET", "/api/me/orders", token=api.server.token("m0"))
+    (o,) = page["orders"]
+    assert (o["kind"], o["id"], o["group"], o["groupbuy"], o["stream_id"]) == ("group", oid, gid, s["gb_id"], s["stream_id"])
+    assert (o["amount_cents"], o["charged_cents"]) == (900, 900)
+    st, listed = await api.call("GET", f"/api/streams/{s['stream_id']}/sales")
+    assert st == 200 and [g["id"] for g in listed["groupbuys"]] == [s["gb_id"]] and listed["sales"] == []
