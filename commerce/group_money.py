@@ -198,9 +198,21 @@ async def join(svc: Services, provider: PaymentProvider, gb_id: str, gid: str, u
 
 
 async def _release(svc: Services, gb_id: str, oid: str) -> bool:
+    """pending -> declined (gb_release.lua), then the SQL row (best effort: me/orders leaves declined
+    members out, and reads the status from Redis while it is there)."""
     with redis_errors():
         r: Any = await gbm.RELEASE(svc.redis, keys.groupbuy_keys(gb_id), [oid])
-    return int(r[0]) == 0
+    if int(r[0]) != 0:
+        return False
+    await _best_effort("declined member", _mark_declined(svc.db, oid))
+    return True
+
+
+async def _mark_declined(db: AsyncEngine, oid: str) -> None:
+    async with db.begin() as conn:
+        await conn.execute(group_orders.update()
+                           .where(group_orders.c.id == oid, group_orders.c.version < V_JOINED)
+                           .values(status="declined", version=V_JOINED, updated_at=_now()))
 
 
 async def _refund_charge(svc: Services, provider: PaymentProvider, oid: str, charge_id: str, amount: int) -> None:

@@ -249,7 +249,7 @@ async def _live_status(svc: Services, page: list[dict[str, Any]]) -> None:
             o["status"] = s.decode()
             o["expires_at"] = iso_ms(int(e)) if o["status"] == "reserved" and e else None
     for o, fields in zip(group_members, found[len(sale_orders):], strict=True):
-        if fields[0] is not None:
+        if fields[0] is not None and fields[0] != b"declined":
             live = groupbuys.member_order_view(o["id"], fields, o["currency"])
             o.update({k: live[k] for k in ("status", "amount_cents", "charged_cents", "refunded_cents")})
 
