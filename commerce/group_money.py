@@ -121,9 +121,12 @@ async def _best_effort(what: str, coro: Any) -> None:
         log.warning("%s not recorded now (%r); the group sweeper retries", what, exc)
 
 
-async def publish_group(svc: Services, stream_id: str, gid: str) -> None:
-    """The stream-log event `group` with the group's state as Redis holds it now."""
+async def publish_group(svc: Services, stream_id: str, gid: str, only_open: bool = False) -> None:
+    """The stream-log event `group` with the group's state as Redis holds it now. A join announces
+    only an open group (`only_open`): a closed one has its own event, from its settler."""
     view = await gbm.get_group(svc, gid)
+    if only_open and view["status"] != "open":
+        return
     await svc.bus.publish_log(stream_id, {
         "type": "group", "group": gid, "groupbuy": view["groupbuy"], "members": view["members"],
         "price_cents": view["price_cents"], "status": view["status"], "next_tier": view["next_tier"],
@@ -189,9 +192,10 @@ async def join(svc: Services, provider: PaymentProvider, gb_id: str, gid: str, u
                                                             version=V_JOINED, updated_at=_now())))
     if int(c[0]) == 0:
         try:
-            await publish_group(svc, stream.decode(), gid)
             if int(c[2]) >= int(c[4]):  # full: close now (else the sweeper does, within a tick)
-                await close_group(svc, provider, gb_id, gid)
+                await close_group(svc, provider, gb_id, gid)  # its `group` event announces this join too
+            else:
+                await publish_group(svc, stream.decode(), gid, only_open=True)
         except Exception:  # noqa: BLE001 - the member has joined; the sweeper finishes the close
             log.warning("group %s: announcing or closing after a join failed", gid, exc_info=True)
     return (201 if code == 0 else 200), {"group": gid, "member": oid, "charged_cents": price, "status": "joined"}

@@ -1,7 +1,7 @@
 """The stream event bus: how `commerce` and `live` reach viewers without knowing about sockets.
 
 Every event for stream S is published as one JSON object on channel `stream:S`; the hub forwards the
-bytes as they are. Stream-log events (comment, comment_deleted, pin, sale, stream) also get the next
+bytes as they are. Stream-log events (comment, comment_deleted, pin, sale, stream, group) also get the next
 per-stream `seq` and an entry in the bounded log `{stream:S}:log` (entry id `seq-0`), atomically with
 the publish. State events (likes, stock, viewers) are published only.
 """

@@ -20,6 +20,7 @@ from livesale.config import Settings
 from livesale.services import SERVICES
 from tests.groupbuy_helpers import TIERS, expire_now, join_group, money, open_group, setup_groupbuy
 from tests.helpers import Api, LiveServer, wait_for
+from tests.test_realtime_ws import collect, of_type, viewer
 
 
 @pytest.fixture
@@ -120,7 +121,8 @@ async def test_success_at_each_tier_pays_the_tier_and_refunds_the_difference(
     events = await group_events(redis, s["stream_id"])
     final = [e for e in events if e["status"] != "open"]
     assert [(e["status"], e["members"], e["price_cents"]) for e in final] == [("succeeded", size, price)]
-    assert [e["members"] for e in events if e["status"] == "open"] == list(range(1, size + 1))
+    # One event per join; the join that fills the group is announced by the close.
+    assert [e["members"] for e in events if e["status"] == "open"] == list(range(1, min(size + 1, 5)))
     assert all(isinstance(e["seq"], int) for e in events)
 
 
@@ -359,3 +361,16 @@ async def test_member_orders_in_me_orders_and_groupbuys_in_stream_sales(api: Api
     assert (o["amount_cents"], o["charged_cents"]) == (900, 900)
     st, listed = await api.call("GET", f"/api/streams/{s['stream_id']}/sales")
     assert st == 200 and [g["id"] for g in listed["groupbuys"]] == [s["gb_id"]] and listed["sales"] == []
+
+
+async def test_viewers_see_members_and_price_move_live(api: Api, server: LiveServer) -> None:
+    """A viewer's WebSocket gets a `group` event (with seq) per join, the filling join's being the close."""
+    s = await setup_groupbuy(api, tiers=[{"size": 2, "price_cents": 900}, {"size": 3, "price_cents": 800}])
+    async with viewer(server, s["stream_id"], "watcher") as (ws, _first):
+        gid, _ = await fill(api, s["gb_id"], 3)
+        events = await collect(ws, lambda seen: any(e.get("status") == "succeeded" for e in of_type(seen, "group")))
+    groups = of_type(events, "group")
+    assert [(e["group"], e["members"], e["price_cents"], e["status"]) for e in groups] == [
+        (gid, 1, 900, "open"), (gid, 2, 900, "open"), (gid, 3, 800, "succeeded")]
+    seqs = [e["seq"] for e in groups]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
