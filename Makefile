@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TESTSTAMP := $(VENV)/.installed-test
 
-.PHONY: run test check bench-inventory bench-fanout load install clean promtool
+.PHONY: run test check bench-inventory bench-fanout bench-media soak load install clean promtool
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -47,6 +47,14 @@ bench-inventory: $(TESTSTAMP)
 
 bench-fanout: $(TESTSTAMP)
 	$(BIN)/python bench/fanout.py $(BENCH_ARGS)
+
+bench-media: $(TESTSTAMP)
+	$(BIN)/python bench/media.py $(BENCH_ARGS)
+
+# Viewers, buyers, slowloris and idle connections together for a few minutes (at most 10), on loopback:
+# the server's connections, RSS and file handles over time (docs/limits.md).
+soak: $(TESTSTAMP)
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 load: $(TESTSTAMP)
 	$(BIN)/python -m load.show $(LOAD_ARGS)

@@ -59,7 +59,8 @@ class Commerce:
 
     def __init__(self, svc: Services, provider: PaymentProvider) -> None:
         self.svc = svc
-        self.reserver = Reserver(svc.redis, max_in_flight=svc.settings.reserve_in_flight)
+        self.reserver = Reserver(svc.redis, max_in_flight=svc.settings.reserve_in_flight,
+                                 timeout_s=svc.settings.redis_timeout_s)
         self.stock = StockNotices(svc)
         self.reserver.on_stock = self.stock.note
         self.provider = provider
@@ -173,13 +174,19 @@ def _reply_from(reply: Callable[[tuple[int, bytes] | BaseException], None],
 
 
 async def _purchase(com: Commerce, sale_id: str, user: str, key: str, qty: int) -> tuple[int, bytes]:
-    """Look the sale up, reserve, answer: the aiohttp route, and the fast path's first purchase of a sale."""
-    info = await com.sale_info(sale_id)
-    started = time.perf_counter()
+    """Look the sale up, reserve, answer: the aiohttp route, and the fast path's first purchase of a
+    sale. Both steps together within the Redis timeout, else 503 (docs/limits.md)."""
     try:
-        r = await com.reserver.reserve(sale_id, user, key, qty)
+        async with asyncio.timeout(com.reserver.timeout_s):
+            info = await com.sale_info(sale_id)
+            started = time.perf_counter()
+            r = await com.reserver.reserve(sale_id, user, key, qty)
     except UnknownSale:
         raise NotFound(f"no sale {sale_id!r}") from None
+    except TimeoutError:
+        if m.ENABLED:
+            m.LIMIT_REFUSALS.labels("redis_timeout").inc()
+        raise Unavailable("redis did not answer in time") from None
     return _answer(r, info, qty, started)
 
 

@@ -57,7 +57,10 @@ def decode_cursor(raw: str | None, kinds: tuple[type, ...]) -> list[Any] | None:
     if not isinstance(parts, list) or len(parts) != len(kinds):
         raise bad
     for part, kind in zip(parts, kinds, strict=True):
-        # bool is an int to isinstance; a cursor never holds one.
-        if not isinstance(part, kind) or isinstance(part, bool):
+        # bool is an int to isinstance; a cursor never holds one. Our integers (times in epoch µs,
+        # indexes) are within 0..2^53: a larger one would overflow a datetime.
+        if not isinstance(part, kind) or isinstance(part, bool) or (kind is int and not 0 <= part < 2**53):
+            raise bad
+        if kind is str and len(part) > 200:
             raise bad
     return parts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import binascii
 import hmac
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +85,8 @@ class Verifier:
             return None
         if type(claims) is not dict or not claims.keys() <= _FAST_CLAIMS:
             return None
+        if raw.count(b'":') != len(claims):
+            return None  # a repeated key (orjson keeps the last), or a `":` inside a value: ask PyJWT
         exp, iat = claims.get("exp"), claims.get("iat", 0)
         if type(exp) is not int or type(iat) is not int or type(claims.get("sub")) is not str:
             return None
@@ -112,11 +115,15 @@ class Verifier:
 
     def _pyjwt_claims(self, token: str) -> dict[str, Any]:
         try:
-            return jwt.decode(token, self._secret, algorithms=["HS256"], options={"require": ["exp", "sub"]})
+            claims: dict[str, Any] = jwt.decode(
+                token, self._secret, algorithms=["HS256"], options={"require": ["exp", "sub"]})
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized("token expired") from exc
         except jwt.InvalidTokenError as exc:
             raise Unauthorized("invalid token") from exc
+        if not _plain_json(token.split(".")[1]):
+            raise Unauthorized("invalid token claims")
+        return claims
 
     def from_header(self, header: str | None) -> User:
         if not header:
@@ -128,6 +135,30 @@ class Verifier:
         if not token.isascii():  # a JWT is ASCII; other bytes (undecodable ones too) made PyJWT raise a 500
             raise Unauthorized("invalid token")
         return self.verify(token)
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _RepeatedKey
+    return obj
+
+
+def _plain_json(segment: str) -> bool:
+    """Whether a signed token's claims segment is JSON that means one thing (docs/limits.md): valid
+    UTF-8 text without unpaired surrogates (PyJWT's json.loads lets `\\ud800` through, and such a `sub`
+    fails later, as a 500, wherever it is encoded) and no key twice (json.loads keeps the last)."""
+    try:
+        raw = binascii.a2b_base64(segment.encode().translate(_FROM_URLSAFE) + b"==")
+        orjson.loads(raw)  # strict UTF-8, and refuses unpaired surrogate escapes
+        json.loads(raw, object_pairs_hook=_no_repeats)
+    except (ValueError, binascii.Error):
+        return False
+    return True
 
 
 def require_role(user: User, *roles: str) -> None:

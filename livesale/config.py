@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import secrets
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -60,6 +61,17 @@ class Settings:
     # The payment provider: "package.module:factory", a callable taking no arguments that returns a
     # commerce.payments.PaymentProvider. Empty: the built-in TestProvider (Stripe's test methods).
     payment_provider: str = ""
+    # Limits under hostile load (docs/limits.md). A request's line and headers arrive within
+    # `header_timeout_s` of its first byte; an idle keep-alive connection closes after `keepalive_s`;
+    # at `max_connections` open connections (0: 80% of the soft RLIMIT_NOFILE) the process stops
+    # accepting until some close; WebSockets over `ws_per_user` / `ws_per_ip` close 4009; a purchase
+    # that Redis has not answered within `redis_timeout_s` is 503 `unavailable`.
+    header_timeout_s: float = 10.0
+    keepalive_s: float = 75.0
+    max_connections: int = 0
+    ws_per_user: int = 10
+    ws_per_ip: int = 500
+    redis_timeout_s: float = 2.0
     # Group-buys: a member still being charged this long after joining (its process died, or the
     # provider hangs) is settled by the group sweeper from what the provider says; a process settling a
     # closed group's money holds it this long at most (then another takes over).
@@ -85,11 +97,27 @@ class Settings:
             fast_path=env.get("LIVESALE_FAST_PATH", "1") not in ("0", "false", "off"),
             settle_grace_s=float(env.get("LIVESALE_SETTLE_GRACE_S", "60")),
             payment_provider=env.get("LIVESALE_PAYMENT_PROVIDER", ""),
+            header_timeout_s=float(env.get("LIVESALE_HEADER_TIMEOUT_S", "10")),
+            keepalive_s=float(env.get("LIVESALE_KEEPALIVE_S", "75")),
+            max_connections=int(env.get("LIVESALE_MAX_CONNECTIONS", "0")),
+            ws_per_user=int(env.get("LIVESALE_WS_PER_USER", "10")),
+            ws_per_ip=int(env.get("LIVESALE_WS_PER_IP", "500")),
+            redis_timeout_s=float(env.get("LIVESALE_REDIS_TIMEOUT_S", "2")),
             group_pending_s=float(env.get("LIVESALE_GROUP_PENDING_S", "30")),
             group_lease_s=float(env.get("LIVESALE_GROUP_LEASE_S", "15")),
         )
         secret = overrides.pop("secret", None) or env.get("LIVESALE_SECRET") or _load_secret(data_dir)
         return replace(s, secret=secret, **overrides)
+
+    @property
+    def connection_cap(self) -> int:
+        """`max_connections`, or 80% of the soft RLIMIT_NOFILE: the rest stays for Redis, SQL and files."""
+        if self.max_connections > 0:
+            return self.max_connections
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return 1_000_000
+        return max(1, soft * 4 // 5)
 
     @property
     def sql_url(self) -> str:

@@ -17,13 +17,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from livesale.codes import CloseCode
+from livesale.limits import drop, release
 from monitoring import metrics as m
 from realtime import protocol
 
 # Bytes the kernel-side transport may hold before a connection counts as lagging and its batches
 # queue in our own (bounded, sheddable) buffer instead.
 TRANSPORT_HIGH = 64 * 1024
-CLOSE_TIMEOUT_S = 5.0
+# How long a close waits for the peer's close frame (aiohttp's `WebSocketResponse(timeout=)`), and
+# for the whole close: a closed viewer's socket and buffers are released within 5 s (docs/limits.md).
+CLOSE_HANDSHAKE_S = 2.0
+CLOSE_TIMEOUT_S = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,10 +193,17 @@ class Conn:
         self.on_close(self, code)
 
     async def aclose(self, code: CloseCode) -> None:
-        """Send the close frame; a peer that does not answer in time loses the transport."""
+        """Send the close frame and wait for the peer's. A peer that left a transport's worth of data
+        unread would not read the close frame either: it loses the transport at once. One that does
+        not answer in time, or leaves data unsent, loses it then (aiohttp's close only asks the
+        transport to close once the data is out, which for a peer that never reads is never)."""
+        if self.transport.get_write_buffer_size() >= TRANSPORT_HIGH:
+            drop(self.transport)
+            return
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await self.ws.close(code=int(code), message=code.name.lower().encode(), drain=False)
         except (TimeoutError, ConnectionError):
             with contextlib.suppress(Exception):
-                self.transport.abort()
+                drop(self.transport)
+        release(self.transport)

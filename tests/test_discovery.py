@@ -7,6 +7,8 @@ import asyncio
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from live import paging
 from livesale.errors import Unprocessable
@@ -50,9 +52,26 @@ def test_paging_params_refuse_bad_values() -> None:
     good = paging.encode_cursor([1, "x"])
     assert paging.decode_cursor(good, (int, str)) == [1, "x"]
     for raw in ("", "!!", "e30", good + "A", paging.encode_cursor([True, "x"]), paging.encode_cursor(["1", "x"]),
-                paging.encode_cursor([1]), "x" * 600):
+                paging.encode_cursor([1]), "x" * 600, paging.encode_cursor([2**53, "x"]),
+                paging.encode_cursor([-1, "x"])):
         with pytest.raises(Unprocessable):
             paging.decode_cursor(raw, (int, str))
+
+
+@given(st.text(max_size=700), st.text(max_size=8))
+def test_any_cursor_or_limit_text_is_a_value_or_a_422(raw: str, lim: str) -> None:
+    """Whatever text arrives as a cursor or limit, parsing gives a value of the right shape or raises
+    Unprocessable, never anything else."""
+    try:
+        parts = paging.decode_cursor(raw, (int, str, int, int, str))
+    except Unprocessable:
+        pass
+    else:
+        assert parts is not None and [type(p) for p in parts] == [int, str, int, int, str]
+    try:
+        assert 1 <= paging.limit({"limit": lim}, 20) <= 100
+    except Unprocessable:
+        pass
 
 
 async def test_streams_listed_by_status_newest_first(api: Api) -> None:
@@ -117,11 +136,14 @@ async def test_bad_listing_requests_are_422(api: Api) -> None:
     st, body = await api.call("GET", "/api/streams?status=scheduled&limit=1")
     assert st == 200 and body["next"]
     for q in ("limit=0", "limit=101", "limit=x", "status=paused", "status=", "cursor=bogus",
-              f"cursor={body['next']}", f"status=live&cursor={body['next']}", "cursor=" + "A" * 40):
+              f"cursor={body['next']}", f"status=live&cursor={body['next']}", "cursor=" + "A" * 40,
+              "cursor=" + paging.encode_cursor([2**62, "", 0, 2**62, "st"]),
+              "cursor=" + paging.encode_cursor([1, "", 7, 1, "st"])):
         st, err = await api.call("GET", f"/api/streams?{q}")
         assert st == 422 and err["error"] == "validation_error" and err["message"], (q, err)
-    st, err = await api.call("GET", "/api/me/orders?cursor=nope", token=api.server.token("u1"))
-    assert st == 422 and err["error"] == "validation_error"
+    for cur in ("nope", paging.encode_cursor([10**17, "x"])):
+        st, err = await api.call("GET", f"/api/me/orders?cursor={cur}", token=api.server.token("u1"))
+        assert st == 422 and err["error"] == "validation_error"
     sid = await _stream(api)
     for q in ("limit=0", "before=0", "before=x", "limit=1000"):
         st, err = await api.call("GET", f"/api/streams/{sid}/comments?{q}")
