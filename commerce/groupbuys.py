@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -250,3 +252,51 @@ def new_order_id(gb_id: str) -> str:
 
 def new_group_id(gb_id: str) -> str:
     return f"{gb_id}-{secrets.token_hex(5)}"
+
+
+@dataclass
+class Figures:
+    """A group-buy's order figures for stream stats (docs/api.md "Stream analytics", docs/groupbuy.md):
+    a member's order counts once charged (joined), is paid when its group succeeded (at the tier
+    price: its GMV); `refunded_cents` is what went back on those paid orders (the differences; a failed
+    group's refunds are no paid order's)."""
+
+    orders: int = 0
+    paid_orders: int = 0
+    gmv_cents: int = 0
+    refunded_cents: int = 0
+    in_groups: int = 0  # units in open groups: the figures can still move
+    buyers: set[str] = field(default_factory=set)
+    referrals: Counter[str] = field(default_factory=Counter)
+    joined_ms: list[int] = field(default_factory=list)
+    paid_ms: list[tuple[int, int]] = field(default_factory=list)  # (closed ms, cents) per paid order
+
+
+async def figures(svc: Services, gb_id: str) -> Figures:
+    """Read from Redis at once (one HGETALL of the members and one of the groups): the stats of a
+    group-buy move with its joins and closes, and the join path does no extra work for them."""
+    ks = keys.groupbuy_keys(gb_id)
+    pipe = svc.redis.pipeline(transaction=False)
+    pipe.hgetall(ks[4])
+    pipe.hgetall(ks[1])
+    pipe.hget(ks[0], "in_groups")
+    raw_orders, raw_groups, in_groups = await pipe.execute()
+    orders = {k.decode(): v.decode() for k, v in raw_orders.items()}
+    closed = {k.decode()[3:]: int(v) for k, v in raw_groups.items() if k.startswith(b"cl:")}
+    f = Figures(in_groups=int(in_groups or 0))
+    for name, status in orders.items():
+        if not name.startswith("s:") or status in ("pending", "declined"):
+            continue
+        oid = name[2:]
+        f.orders += 1
+        f.joined_ms.append(int(orders["c:" + oid]))
+        if orders.get("r:" + oid):
+            f.referrals[orders["r:" + oid]] += 1
+        if status == "paid":
+            amount = int(orders["a:" + oid])
+            f.paid_orders += 1
+            f.gmv_cents += amount
+            f.refunded_cents += int(orders.get("rf:" + oid, 0))
+            f.buyers.add(orders["u:" + oid])
+            f.paid_ms.append((closed.get(orders["g:" + oid], 0), amount))
+    return f

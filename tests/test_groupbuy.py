@@ -374,3 +374,35 @@ async def test_viewers_see_members_and_price_move_live(api: Api, server: LiveSer
         (gid, 1, 900, "open"), (gid, 2, 900, "open"), (gid, 3, 800, "succeeded")]
     seqs = [e["seq"] for e in groups]
     assert seqs == sorted(seqs) and len(set(seqs)) == 3
+
+
+async def test_stream_stats_count_groupbuys_and_referrals(api: Api, redis: aioredis.Redis) -> None:
+    """GET /api/streams/{id}/stats lists the group-buy as a product (members, paid at the tier price,
+    refunds beside) and `referrals` per sharer, moving as members join and groups close."""
+    s = await setup_groupbuy(api, stock=10)
+    st, lead = await open_group(api, s["gb_id"], "alice")
+    for u in ("bob", "cat"):
+        st, _ = await join_group(api, lead["group"], u, ref="alice")
+        assert st == 201
+    st, solo = await open_group(api, s["gb_id"], "dan", ref="bob")
+    assert st == 201
+
+    async def stats() -> dict[str, Any]:
+        st, body = await api.call("GET", f"/api/streams/{s['stream_id']}/stats", token=s["host_token"])
+        assert st == 200, body
+        return body  # type: ignore[no-any-return]
+    before = await stats()
+    (gb,) = [p for p in before["products"] if p["kind"] == "groupbuy"]
+    assert (gb["id"], gb["orders"], gb["paid_orders"], gb["gmv_cents"]) == (s["gb_id"], 4, 0, 0)
+    assert before["referrals"] == {"alice": 2, "bob": 1} and before["provisional"] is True
+    await expire_now(redis, lead["group"])
+    await expire_now(redis, solo["group"])
+
+    async def closed() -> bool:
+        after = await stats()
+        return bool(after["gmv_cents"] == 2400 and after["refunded_cents"] == 300)  # dan's full refund is no paid order's
+    await wait_for(closed, timeout=10)
+    after = await stats()
+    (gb,) = [p for p in after["products"] if p["kind"] == "groupbuy"]
+    assert (gb["orders"], gb["paid_orders"], gb["units_sold"], gb["gmv_cents"]) == (4, 3, 3, 2400)
+    assert after["buyers"] == 3 and after["referrals"] == {"alice": 2, "bob": 1}
