@@ -300,3 +300,10 @@ async def figures(svc: Services, gb_id: str) -> Figures:
             f.buyers.add(orders["u:" + oid])
             f.paid_ms.append((closed.get(orders["g:" + oid], 0), amount))
     return f
+
+
+async def end_for_stream(svc: Services, stream_id: str) -> None:
+    """A stream that ends ends its group-buys: no new groups or joins; every process's group sweeper
+    closes their open groups by size within a tick (docs/groupbuy.md)."""
+    for gb_id in await svc.redis.smembers(keys.stream_groupbuys(stream_id)):  # type: ignore[misc]
+        await svc.redis.hset(keys.groupbuy(gb_id.decode()), "status", "ended")  # type: ignore[misc]

@@ -406,3 +406,18 @@ async def test_stream_stats_count_groupbuys_and_referrals(api: Api, redis: aiore
     (gb,) = [p for p in after["products"] if p["kind"] == "groupbuy"]
     assert (gb["orders"], gb["paid_orders"], gb["units_sold"], gb["gmv_cents"]) == (4, 3, 3, 2400)
     assert after["buyers"] == 3 and after["referrals"] == {"alice": 2, "bob": 1}
+
+
+async def test_stream_end_ends_its_groupbuys(api: Api) -> None:
+    """Ending the stream ends its group-buy; the sweeper closes the open groups by their size."""
+    s = await setup_groupbuy(api, stock=10)
+    gid, _ = await fill(api, s["gb_id"], 2)
+    st, _ = await api.call("POST", f"/api/streams/{s['stream_id']}/end", token=s["host_token"])
+    assert st == 200
+    assert (await units(api, s["gb_id"]))["status"] == "ended"
+
+    async def closed() -> bool:
+        return (await api.call("GET", f"/api/groups/{gid}"))[1]["status"] == "succeeded"
+    await wait_for(closed, timeout=10)
+    st, err = await open_group(api, s["gb_id"], "late")
+    assert st == 409 and err["error"] == "groupbuy_not_active"
