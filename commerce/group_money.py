@@ -81,11 +81,24 @@ def _upsert(engine: AsyncEngine, table: sa.Table, index: list[str], update: list
 
 
 async def _write_member(db: AsyncEngine, row: dict[str, Any]) -> None:
-    stmt = _upsert(db, group_orders, ["id"], ["status", "amount_cents", "charged_cents", "refunded_cents",
-                                            "version", "updated_at"],
-                   lambda s: group_orders.c.version < s.excluded.version)
     async with db.begin() as conn:
-        await conn.execute(stmt, [row])
+        await conn.execute(_member_upsert(db), [row])
+
+
+async def _record_joined(db: AsyncEngine, oid: str, charge_id: str, member: dict[str, Any]) -> None:
+    """The charge row `done` and the member's row `joined`, in one transaction (one commit per join
+    fewer: SQLite serialises them)."""
+    async with db.begin() as conn:
+        await conn.execute(group_payments.update()
+                           .where(group_payments.c.order_id == oid, group_payments.c.kind == "charge")
+                           .values(state="done", charge_id=charge_id, updated_at=_now()))
+        await conn.execute(_member_upsert(db), [member])
+
+
+def _member_upsert(db: AsyncEngine) -> Any:
+    return _upsert(db, group_orders, ["id"], ["status", "amount_cents", "charged_cents", "refunded_cents",
+                                             "version", "updated_at"],
+                   lambda s: group_orders.c.version < s.excluded.version)
 
 
 async def _open_payment(db: AsyncEngine, order_id: str, kind: str, method: str, amount: int, currency: str,
@@ -187,9 +200,8 @@ async def join(svc: Services, provider: PaymentProvider, gb_id: str, gid: str, u
         # Released while the provider was charging (the sweeper took it for stuck): give it back.
         await _refund_charge(svc, provider, oid, charge.id, price)
         raise Conflict("the join took too long and was undone; the charge is refunded", code=ErrorCode.GROUP_CLOSED)
-    await _best_effort("charge", _close_payment(svc.db, oid, "charge", "done", charge.id))
-    await _best_effort("member", _write_member(svc.db, dict(member, status="joined", charged_cents=price,
-                                                            version=V_JOINED, updated_at=_now())))
+    await _best_effort("joined member", _record_joined(svc.db, oid, charge.id, dict(
+        member, status="joined", charged_cents=price, version=V_JOINED, updated_at=_now())))
     if int(c[0]) == 0:
         try:
             if int(c[2]) >= int(c[4]):  # full: close now (else the sweeper does, within a tick)
