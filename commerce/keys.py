@@ -74,7 +74,7 @@ def groupbuy(gb_id: str) -> str:
 
 def groupbuy_keys(gb_id: str) -> list[str]:
     """KEYS of every group-buy script, in this order: the group-buy hash; groups (hash: s: status,
-    l: leader, n: members holding a unit, j: members charged, x: expires ms, c: created ms, m: member
+    l: leader, n: members (holding a unit while it is open), j: members charged, x: expires ms, c: created ms, m: member
     order ids comma-separated, p: price reached); users (hash: user -> their open group); idem (hash:
     user NUL key -> order id); orders (hash: s: status, u: user, g: group, k: key, c: created ms, m:
     payment method, r: ref, ch: charged cents, cid: charge id, a: amount owed, rf: refunded cents);
