@@ -9,6 +9,7 @@ import dataclasses
 import signal
 from collections.abc import AsyncIterator, Iterator
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 import sqlalchemy as sa
@@ -18,6 +19,7 @@ from commerce import group_money, keys, payments
 from commerce import groupbuys as gbm
 from commerce.orders import COMMERCE
 from commerce.schema import group_payments
+from livesale.bus import log_key
 from livesale.config import Settings
 from livesale.services import SERVICES
 from tests.groupbuy_helpers import expire_now, join_group, money, open_group, refund_count, setup_groupbuy
@@ -165,3 +167,31 @@ async def test_joiner_dead_before_its_charge_is_released_and_a_late_charge_refun
         assert await sql_rows(settings, "charge") == [(oid, "refunded")]
         st, again = await open_group(api, s["gb_id"], "u0", key="k")  # the key was freed with the unit
         assert st == 201, again
+
+
+async def test_two_processes_sweeping_close_once(
+        settings: Settings, redis: aioredis.Redis, servers: list[LiveServer]) -> None:
+    """Two `livesale serve` processes sweeping every 20 ms both find a group due: it closes once, is
+    announced once, and each member's difference is refunded once."""
+    fast = dataclasses.replace(settings, sweep_interval_s=0.02)
+    a, b = spawn_server(fast, extra_env=FAST), spawn_server(fast, extra_env=FAST)
+    servers += [a, b]
+    async with Api(a) as api:
+        s = await setup_groupbuy(api, stock=10)
+        st, lead = await open_group(api, s["gb_id"], "u0")
+        members = [lead["member"]]
+        for i in (1, 2):
+            st, body = await join_group(api, lead["group"], f"u{i}")
+            assert st == 201, body
+            members.append(body["member"])
+    await expire_now(redis, lead["group"])
+
+    async def settled() -> bool:
+        return all(m == (1, 900, 100) for m in (await money(redis, members)).values())
+    await wait_for(settled, timeout=15)
+    await asyncio.sleep(0.5)  # many more sweeps of both processes: nothing more moves
+    assert all(m == (1, 900, 100) for m in (await money(redis, members)).values())
+    charges = {c.id for c in (await payments.TestProvider(redis).charges()).values()}
+    assert set((await refund_count(redis, charges)).values()) == {1}
+    log = [orjson.loads(f[b"d"]) for _, f in await redis.xrange(log_key(s["stream_id"]))]
+    assert [e["status"] for e in log if e["type"] == "group" and e["status"] != "open"] == ["succeeded"]
