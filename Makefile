@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TESTSTAMP := $(VENV)/.installed-test
 
-.PHONY: run test check bench-inventory bench-fanout bench-media soak load install clean promtool chromium
+.PHONY: run test check bench-inventory bench-fanout bench-media soak load load-groupbuy install clean promtool chromium
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -68,6 +68,10 @@ soak: $(TESTSTAMP)
 
 load: $(TESTSTAMP)
 	$(BIN)/python -m load.show $(LOAD_ARGS)
+
+# A group-buy rush: joins, declines, double taps, closes; the verdict checks units and money (load/README.md).
+load-groupbuy: $(TESTSTAMP)
+	$(BIN)/python -m load.groupbuy $(LOAD_ARGS)
 
 clean:
 	rm -rf .livesale .pytest_cache build *.egg-info

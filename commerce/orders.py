@@ -16,7 +16,7 @@ import orjson
 import sqlalchemy as sa
 from aiohttp import web
 
-from commerce import inventory, keys, settlement
+from commerce import groupbuys, inventory, keys, settlement
 from commerce.inventory import Reserver, UnknownSale
 from commerce.payments import PaymentProvider, ProviderUnavailable, UnknownPaymentMethod
 from commerce.sales import SALE_ID_RE, StockNotices
@@ -418,6 +418,9 @@ async def cancel(request: web.Request) -> web.Response:
 async def get_order(request: web.Request) -> web.Response:
     svc, com = request.app[SERVICES], request.app[COMMERCE]
     user = svc.auth.from_header(request.headers.get("Authorization"))
+    if groupbuys.MEMBER_ID_RE.match(request.match_info["id"]):  # a group-buy member's order
+        return json_response(await groupbuys.get_member_order(svc, request.match_info["id"], user.id,
+                                                              user.role == "admin"))
     return json_response(await _load_order(svc, com, _order_id(request), user))
 
 

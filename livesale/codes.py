@@ -31,6 +31,12 @@ class ErrorCode(StrEnum):
     BID_TOO_LOW = "bid_too_low"
     ALREADY_LEADING = "already_leading"
     INVALID_AMOUNT = "invalid_amount"
+    # Group-buys (docs/groupbuy.md).
+    INVALID_TIERS = "invalid_tiers"
+    GROUPBUY_NOT_ACTIVE = "groupbuy_not_active"
+    GROUP_FULL = "group_full"
+    GROUP_CLOSED = "group_closed"
+    ALREADY_IN_GROUP = "already_in_group"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
     # Media, WHIP/WHEP (docs/media.md).

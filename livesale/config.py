@@ -72,6 +72,11 @@ class Settings:
     ws_per_user: int = 10
     ws_per_ip: int = 500
     redis_timeout_s: float = 2.0
+    # Group-buys: a member still being charged this long after joining (its process died, or the
+    # provider hangs) is settled by the group sweeper from what the provider says; a process settling a
+    # closed group's money holds it this long at most (then another takes over).
+    group_pending_s: float = 30.0
+    group_lease_s: float = 15.0
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -98,6 +103,8 @@ class Settings:
             ws_per_user=int(env.get("LIVESALE_WS_PER_USER", "10")),
             ws_per_ip=int(env.get("LIVESALE_WS_PER_IP", "500")),
             redis_timeout_s=float(env.get("LIVESALE_REDIS_TIMEOUT_S", "2")),
+            group_pending_s=float(env.get("LIVESALE_GROUP_PENDING_S", "30")),
+            group_lease_s=float(env.get("LIVESALE_GROUP_LEASE_S", "15")),
         )
         secret = overrides.pop("secret", None) or env.get("LIVESALE_SECRET") or _load_secret(data_dir)
         return replace(s, secret=secret, **overrides)
