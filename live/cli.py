@@ -72,9 +72,9 @@ def _worker(settings: Settings, reuse_port: bool, demo: bool) -> None:
 async def _serve(app: web.Application, settings: Settings, reuse_port: bool) -> None:
 
     from live.app import make_site
-    from livesale.web import Runner
+    from livesale.web import Runner, access_log_options
 
-    runner = Runner(app, handle_signals=True, access_log=None, shutdown_timeout=5)
+    runner = Runner(app, handle_signals=True, shutdown_timeout=5, **access_log_options(settings))
     await runner.setup()
     try:
         await make_site(runner, settings, reuse_port=reuse_port).start()
@@ -206,6 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env(
             host=args.host, port=args.port, workers=args.workers, metrics=not args.no_metrics
         )
+        problems = settings.auth_problems()
+        for problem in problems:
+            print(f"livesale {args.cmd}: {problem}", file=sys.stderr)
+        if problems:
+            return 2
         return serve(settings, demo=args.cmd == "demo")
     if args.cmd == "token":
         from livesale.auth import mint
