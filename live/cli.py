@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import io
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -46,6 +47,8 @@ def _worker(settings: Settings, reuse_port: bool, demo: bool) -> None:
     from live.app import create_app
 
     _install_uvloop()
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a spawned worker does not run main()
+        sys.stdout.reconfigure(line_buffering=True)
     app = create_app(settings)
     if demo:
         from live.demo import seed_on_startup
@@ -192,6 +195,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Redirected to a file or a pipe (`make run > demo.log`), stdout would be block-buffered and hold
+    # back what the demo prints until exit; line-buffered, each line is there when it is printed.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if argv and argv[0] == "swarm":
         from load.swarm import main as swarm_main
@@ -215,7 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "token":
         from livesale.auth import mint
 
-        print(mint(Settings.from_env().secret, args.user, args.role, args.ttl))
+        settings = Settings.from_env()
+        if settings.jwt_max_lifetime_s and args.ttl > settings.jwt_max_lifetime_s:
+            print(f"livesale token: --ttl {args.ttl} is over LIVESALE_JWT_MAX_LIFETIME_S "
+                  f"({settings.jwt_max_lifetime_s}): the server would refuse the token", file=sys.stderr)
+            return 2
+        print(mint(settings.secret, args.user, args.role, args.ttl))
         return 0
     if args.cmd == "writer":
         from commerce.writer import run_standalone
