@@ -49,6 +49,7 @@ test: $(TESTSTAMP) promtool chromium
 check: $(TESTSTAMP) promtool chromium
 	$(BIN)/ruff check livesale live realtime commerce monitoring load tests bench
 	$(BIN)/mypy livesale live realtime commerce monitoring load
+	$(BIN)/lint-imports --no-cache  # the layering of docs/design.md (.importlinter)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -W error $(PYTEST_ARGS)
 
 # Benchmarks need Debian's wrk as the load generator (installed through apt when missing, as root).
