@@ -12,7 +12,7 @@ import secrets
 import time
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from livesale.bus import meta_key, now_ms
 from livesale.codes import CloseCode, ErrorCode
@@ -106,7 +106,9 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
         await asyncio.shield(conn.closing)
     elif not ws.closed:
         await ws.close()
-    release(transport)  # a close aiohttp made itself (heartbeat, 1009) leaves unsent data to a non-reader
+    # A close aiohttp made itself (a missed heartbeat, 1009) may leave data unsent to a peer that
+    # does not read: dropped here, as Conn.aclose drops it after the closes we make.
+    release(transport, abnormal=ws.close_code == WSCloseCode.ABNORMAL_CLOSURE)
     return ws
 
 
