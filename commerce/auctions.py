@@ -25,6 +25,7 @@ from aiohttp import web
 
 from commerce import keys
 from commerce.auction_rules import MAX_BID_CENTS, increment
+from commerce.sales import validate_fields
 from commerce.schema import auctions as auctions_table
 from livesale.bus import LOG_PRELUDE, channel, log_key, now_ms, seq_key
 from livesale.codes import ErrorCode
@@ -60,16 +61,7 @@ MAX_PER_CALL = 256  # bids per script call: bounds how long one call blocks Redi
 
 
 def validate_auction(body: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    sku = body.get("sku")
-    if not isinstance(sku, str) or not sku:
-        raise Unprocessable("sku must be a non-empty string")
-    out["sku"] = sku
-    for name, (lo, hi) in LIMITS.items():
-        v = body.get(name, DEFAULTS.get(name))
-        if type(v) is not int or not lo <= v <= hi:
-            raise Unprocessable(f"{name} must be an integer from {lo} to {hi}")
-        out[name] = v
+    out = validate_fields(body, LIMITS, DEFAULTS)
     sudden = body.get("sudden_death", False)
     if type(sudden) is not bool:
         raise Unprocessable("sudden_death must be true or false")
