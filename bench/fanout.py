@@ -157,12 +157,15 @@ async def measure(name: str, server_pid: int, redis_pid: int, gen: Generator, n:
     return rows
 
 
-def start_livesale(core: int, port: int, tmp: Path, redis: EmbeddedRedis) -> tuple[subprocess.Popen, str]:  # type: ignore[type-arg]
-    """A `livesale serve` process pinned to `core`, with one live stream."""
-    env = dict(os.environ, REDIS_URL=redis.url, DATABASE_URL=f"sqlite+aiosqlite:///{tmp / 'ls.db'}",
-               LIVESALE_SECRET=SECRET, LIVESALE_DATA=str(tmp / "data"))
+def start_livesale(core: int, port: int, tmp: Path, redis: EmbeddedRedis,
+                   root: Path = ROOT) -> tuple[subprocess.Popen, str]:  # type: ignore[type-arg]
+    """A `livesale serve` process (from the source tree `root`) pinned to `core`, with one live stream."""
+    # Every viewer connects from 127.0.0.1: no per-address socket cap (docs/limits.md) here.
+    env = dict(os.environ, REDIS_URL=redis.url, DATABASE_URL=f"sqlite+aiosqlite:///{tmp / f'ls-{root.name}.db'}",
+               LIVESALE_SECRET=SECRET, LIVESALE_DATA=str(tmp / f"data-{root.name}"), PYTHONPATH=str(root),
+               LIVESALE_WS_PER_IP="1000000")
     proc = subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-m", "live.cli", "serve",
-                             "--port", str(port)], env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+                             "--port", str(port)], env=env, cwd=root, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     wait_http(base + "/readyz", proc)
     host = mint(SECRET, "benchhost", "host")
@@ -181,9 +184,10 @@ def start_reference(core: int, port: int) -> subprocess.Popen:  # type: ignore[t
     return proc
 
 
-async def bench_livesale(args: argparse.Namespace, tmp: Path, redis: EmbeddedRedis) -> tuple[list[Row], float]:
+async def bench_livesale(args: argparse.Namespace, tmp: Path, redis: EmbeddedRedis, name: str = "livesale",
+                         root: Path = ROOT) -> tuple[list[Row], float]:
     port = free_port()
-    proc, sid = start_livesale(args.server_core, port, tmp, redis)
+    proc, sid = start_livesale(args.server_core, port, tmp, redis, root)
     gen = None
     try:
         rss0 = rss_kib(proc.pid)
@@ -198,7 +202,7 @@ async def bench_livesale(args: argparse.Namespace, tmp: Path, redis: EmbeddedRed
         async def publish(i: int) -> None:
             await bus.publish_log(sid, event(i))
 
-        rows = await measure("livesale", proc.pid, redis.proc.pid, gen, args.viewers,  # type: ignore[union-attr]
+        rows = await measure(name, proc.pid, redis.proc.pid, gen, args.viewers,  # type: ignore[union-attr]
                              args.rates, args.seconds, publish)
         await r.aclose()
         return rows, per_conn
@@ -248,10 +252,22 @@ def report(rows: list[Row], rss: dict[str, float], args: argparse.Namespace) -> 
         print(f"{name}: server RSS per idle connection {kib:.1f} KiB")
     ours = {r.rate: r for r in rows if r.server == "livesale"}
     ref = {r.rate: r for r in rows if r.server == "reference"}
+    base = {r.rate: r for r in rows if r.server == "baseline"}
     for rate in args.rates:
         if rate in ours and rate in ref:
             print(f"rate {rate}/s: livesale/reference server CPU per delivered event = "
                   f"{ours[rate].server_us / ref[rate].server_us:.2f}")
+        if rate in ours and rate in base:
+            print(f"rate {rate}/s: livesale/baseline ({args.baseline}) server CPU per delivered event = "
+                  f"{ours[rate].server_us / base[rate].server_us:.2f}, p99 "
+                  f"{ours[rate].p99:.1f} / {base[rate].p99:.1f} ms")
+
+
+def checkout(ref: str, root: Path) -> None:
+    """The source tree of commit `ref` in `root` (a new directory)."""
+    root.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
 
 
 async def main() -> None:
@@ -262,6 +278,9 @@ async def main() -> None:
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--gen-core", type=int, default=1)
     p.add_argument("--only", choices=["livesale", "reference"])
+    p.add_argument("--baseline", metavar="GIT_REF",
+                   help="also run `livesale serve` from this commit (server `baseline`), before ours: "
+                        "before/after in one run")
     args = p.parse_args()
     os.sched_setaffinity(0, {args.gen_core})  # the publisher shares the generator's core
     with tempfile.TemporaryDirectory(prefix="fanout-bench-") as d:
@@ -272,6 +291,11 @@ async def main() -> None:
             os.sched_setaffinity(redis.proc.pid, {args.gen_core})
             rows: list[Row] = []
             rss: dict[str, float] = {}
+            if args.baseline:
+                root = tmp / "baseline"
+                await asyncio.to_thread(checkout, args.baseline, root)
+                r, rss["baseline"] = await bench_livesale(args, tmp, redis, "baseline", root)
+                rows += r
             if args.only in (None, "livesale"):
                 r, rss["livesale"] = await bench_livesale(args, tmp, redis)
                 rows += r

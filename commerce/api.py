@@ -10,8 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
-from commerce import auctions, catalog, orders, sales
+from commerce import auctions, catalog, groupbuy_api, orders, sales
 from commerce.auctions import AUCTIONS, Auctions
+from commerce.group_money import GroupSweeper
 from commerce.orders import COMMERCE, Commerce
 from commerce.payments import load_provider
 from commerce.settlement import Reconciler
@@ -101,6 +102,15 @@ async def bid(request: web.Request) -> web.Response:
     return json_response(body, status)
 
 
+async def create_groupbuy(request: web.Request) -> web.Response:
+    stream = await _stream_owner(request.app[SERVICES], request, request.match_info["id"])
+    return await groupbuy_api.create_groupbuy(request, stream)
+
+
+async def end_groupbuy(request: web.Request) -> web.Response:
+    return await groupbuy_api.end_groupbuy(request, _stream_owner)
+
+
 async def _background(app: web.Application) -> AsyncIterator[None]:
     svc = app[SERVICES]
     com = Commerce(svc, load_provider(svc.settings.payment_provider, svc.redis))
@@ -113,7 +123,9 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     writer.busy = com.reserver.taking_orders
     reconciler = Reconciler(svc, com.provider, svc.settings.settle_grace_s, svc.settings.settle_interval_s)
     tasks = [asyncio.create_task(sweeper.run(), name="sweeper"),
-             asyncio.create_task(reconciler.run(), name="reconciler")]
+             asyncio.create_task(reconciler.run(), name="reconciler"),
+             asyncio.create_task(GroupSweeper(svc, com.provider, svc.settings.sweep_interval_s).run(),
+                                 name="group_sweeper")]
     if svc.settings.run_writer:
         tasks.append(asyncio.create_task(writer.run(), name="writer"))
     yield
@@ -144,3 +156,9 @@ def setup(app: web.Application) -> None:
     r.add_post("/api/auctions/{id}/bids", guarded(bid))
     r.add_post("/api/auctions/{id}/start", guarded(start_auction))
     r.add_get("/api/auctions/{id}", guarded(get_auction))
+    r.add_post("/api/streams/{id}/groupbuys", guarded(create_groupbuy))
+    r.add_get("/api/groupbuys/{id}", guarded(groupbuy_api.get_groupbuy))
+    r.add_post("/api/groupbuys/{id}/end", guarded(end_groupbuy))
+    r.add_post("/api/groupbuys/{id}/groups", guarded(groupbuy_api.open_group))
+    r.add_get("/api/groups/{gid}", guarded(groupbuy_api.get_group))
+    r.add_post("/api/groups/{gid}/members", guarded(groupbuy_api.join_group))

@@ -122,13 +122,11 @@ def _buyer(user: str, key: str, quantity: int) -> bytes:
     return b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(u), u, len(k), k, len(q), q)
 
 
-def _evalsha(sale_id: str, ops: Sequence[_Op]) -> bytes:
+def _evalsha(sale_id: str, ops: Sequence[_Op], rand: bytes) -> bytes:
     """EVALSHA reserve for a batch of buyers of one sale, as RESP bytes. Written here rather than by
-    redis-py's generic packer, which costs ~1 us per argument, and a batch has 4 per buyer."""
+    redis-py's generic packer, which costs ~1 us per argument, and a batch has 4 per buyer. `rand`:
+    16 hex digits per buyer, the new order ids (the script uses the ids of the buyers it accepts)."""
     n = len(ops)
-    # New order ids for the whole call from one urandom read (the script uses the ids of the buyers
-    # it accepts; NOSCRIPT means it ran for none, so a retry may draw new ones).
-    rand = os.urandom(8 * n).hex().encode()
     prefix = sale_id.encode() + b"."
     oid_head = b"$%d\r\n" % (len(prefix) + 16)
     parts = [b"*%d\r\n" % (10 + 4 * n), _bulk(b"EVALSHA"), _bulk(RESERVE.sha.encode()), _bulk(b"6")]
@@ -139,12 +137,26 @@ def _evalsha(sale_id: str, ops: Sequence[_Op]) -> bytes:
     return b"".join(parts)
 
 
+def _own_orders(sale_id: str, outcomes: list[Reservation], rand: bytes) -> None:
+    """After a re-send, an "existing order" whose id is the one this call drew for that buyer was made
+    by the first send (its reply lost with the connection), not by an earlier request of the buyer's:
+    it is the buyer's new order (201), never a 200 (docs/limits.md)."""
+    prefix = sale_id + "."
+    for i, r in enumerate(outcomes):
+        if r.code == DUPLICATE and r.order_id == prefix + rand[16 * i : 16 * i + 16].decode():
+            r.code = RESERVED
+
+
 class Reserver:
     """Batches concurrent reserve calls into pipelines (see the module docstring)."""
 
-    def __init__(self, redis: aioredis.Redis, max_in_flight: int = 4) -> None:
+    def __init__(self, redis: aioredis.Redis, max_in_flight: int = 4, timeout_s: float = 2.0) -> None:
         self.redis = redis
+        # A buyer is answered within `timeout_s` of its call: a batch still unanswered by then is 503
+        # `unavailable` for all its buyers (docs/limits.md), however long it waited for a slot.
+        self.timeout_s = timeout_s
         self._pending: dict[str, list[_Op]] = {}
+        self._pending_since = 0.0  # loop time of the oldest call in `_pending`
         self._scheduled = False
         self._in_flight = 0
         self._max_in_flight = max_in_flight
@@ -179,6 +191,8 @@ class Reserver:
         """`reserve` for a caller that takes the outcome as a call (livesale.fasthttp's purchase
         path): `reply` is called straight from the batch's result loop, with no future and no loop
         turn in between."""
+        if not self._pending:
+            self._pending_since = asyncio.get_running_loop().time()
         self._pending.setdefault(sale_id, []).append(_Op(_buyer(user, key, quantity), reply))
         if not self._scheduled and self._in_flight < self._max_in_flight:
             self._scheduled = True
@@ -190,7 +204,8 @@ class Reserver:
             return
         batch, self._pending = self._pending, {}
         self._in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._send(batch))
+        deadline = self._pending_since + self.timeout_s
+        task = asyncio.get_running_loop().create_task(self._send(batch, deadline))
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
@@ -202,16 +217,24 @@ class Reserver:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    async def _send(self, batch: dict[str, list[_Op]]) -> None:
+    async def _send(self, batch: dict[str, list[_Op]], deadline: float) -> None:
         calls: list[tuple[str, list[_Op]]] = []
         for sale_id, ops in batch.items():
             for i in range(0, len(ops), MAX_PER_CALL):
                 calls.append((sale_id, ops[i : i + MAX_PER_CALL]))
+        # The new order ids, one urandom read per call; the same on a retry (`_execute`).
+        rands = [os.urandom(8 * len(ops)).hex().encode() for _, ops in calls]
         try:
-            results = await self._execute(calls)
-        except REDIS_DOWN as exc:
+            async with asyncio.timeout_at(deadline):
+                results, retried = await self._execute(calls, rands)
+        except (*REDIS_DOWN, TimeoutError) as exc:
+            # Never a late answer: the scripts may still run when Redis wakes up, and a buyer who
+            # retries with its key then gets that order (200), but this request is answered now.
+            stalled = isinstance(exc, (TimeoutError, rx.TimeoutError))
             m.REDIS_ERRORS.labels("reserve").inc()
-            err = Unavailable(f"redis unreachable: {exc.__class__.__name__}")
+            if stalled and m.ENABLED:
+                m.LIMIT_REFUSALS.labels("redis_timeout").inc()
+            err = Unavailable("redis did not answer in time" if stalled else f"redis unreachable: {exc.__class__.__name__}")
             for _, ops in calls:
                 for op in ops:
                     op.tell(err)
@@ -223,7 +246,7 @@ class Reserver:
             raise
         if m.ENABLED:
             _BATCH.observe(sum(len(ops) for _, ops in calls))
-        for (sale_id, ops), res in zip(calls, results, strict=True):
+        for (sale_id, ops), res, rand in zip(calls, results, rands, strict=True):
             try:
                 if isinstance(res, Exception) or int(res[0]) == -1:
                     exc2: Exception = res if isinstance(res, Exception) else UnknownSale(sale_id)
@@ -236,6 +259,8 @@ class Reserver:
                 outcomes = [_parse(raw, available) for raw in res[2:]]
                 if len(outcomes) != len(ops):
                     raise ValueError(f"{len(outcomes)} outcomes for {len(ops)} buyers")
+                if retried:
+                    _own_orders(sale_id, outcomes, rand)
                 for op, r in zip(ops, outcomes, strict=True):
                     op.tell(r)
                 if any(r.code == RESERVED for r in outcomes):
@@ -247,24 +272,29 @@ class Reserver:
                 for op in ops:
                     op.tell(exc)
 
-    async def _execute(self, calls: Sequence[tuple[str, list[_Op]]]) -> list[Any]:
+    async def _execute(self, calls: Sequence[tuple[str, list[_Op]]], rands: Sequence[bytes]) -> tuple[list[Any], bool]:
+        """The calls' replies, and whether they were sent more than once (`_round_trip`)."""
+        packed = b"".join(_evalsha(sale_id, ops, rand) for (sale_id, ops), rand in zip(calls, rands, strict=True))
+        retried = False
         for attempt in (0, 1):
-            results = await self._round_trip(b"".join(_evalsha(sale_id, ops) for sale_id, ops in calls), len(calls))
+            results, resent = await self._round_trip(packed, len(calls))
+            retried = retried or resent
             if attempt == 0 and any(isinstance(r, rx.NoScriptError) for r in results):
                 # Redis restarted and lost its script cache. NOSCRIPT means the call did not run.
                 await self.redis.script_load(RESERVE.source)
                 continue
-            return results
+            return results, retried
         raise AssertionError("unreachable")
 
-    async def _round_trip(self, packed: bytes, replies: int) -> list[Any]:
+    async def _round_trip(self, packed: bytes, replies: int) -> tuple[list[Any], bool]:
         """Write pipelined commands on one of the batcher's own connections and read their replies, an
         error reply as a value (what `pipeline.execute(raise_on_error=False)` does, without its
         per-call machinery). The batcher keeps up to `max_in_flight` connections of its own rather
         than taking one from the shared pool per batch (the pool's lock and condition cost more than
         the write). A connection that fails is dropped and the batch tried once more on a fresh one,
         as redis-py's own retry would; a script that did run then finds its buyers' idempotency keys
-        and answers with the same orders."""
+        and answers with the orders it made (`_own_orders` tells those apart from a buyer's retry).
+        Returns the replies and whether the commands were sent twice."""
         for attempt in (0, 1):
             conn = self._idle.pop() if self._idle else self.redis.connection_pool.make_connection()
             try:
@@ -275,7 +305,7 @@ class Reserver:
                         out.append(await conn.read_response())
                     except rx.ResponseError as exc:  # a reply; the connection is still in step
                         out.append(exc)
-            except (rx.ConnectionError, rx.TimeoutError):
+            except rx.ConnectionError:
                 await conn.disconnect()
                 # The others idle since before the failure are most likely dead too (a restarted
                 # Redis): the retry goes out on a fresh connection.
@@ -289,7 +319,7 @@ class Reserver:
                 await conn.disconnect()  # may be mid-reply: never reuse it in that state
                 raise
             self._idle.append(conn)
-            return out
+            return out, bool(attempt)
         raise AssertionError("unreachable")
 
     async def close(self) -> None:

@@ -91,3 +91,43 @@ def auction_order(auction_id: str, token: str) -> str:
     """The winner's order id, chosen when the auction is created: `<auction id>.<16 hex>`, the same
     shape as a sale's orders (sale_of_order finds its keys)."""
     return f"{auction_id}.{token}"
+TEST_REFUNDS = "{testpay}:refunds"  # hash: refund idempotency key -> charge id:cents (-1: all of it)
+TEST_REFUND_LOG = "{testpay}:refund_log"  # list: each refund that moved money, charge id:cents:key
+
+
+# Group-buys (docs/groupbuy.md). Every key of one group-buy shares the hash tag `{gb:ID}`, so each
+# group-buy script (join, confirm, release, close) touches one Cluster slot.
+OPEN_GROUPBUYS = "commerce:groupbuys:open"  # set of group-buy ids the group sweeper follows
+
+
+def groupbuy(gb_id: str) -> str:
+    """Hash: stream sku title currency stock available in_groups sold status ttl_ms tiers
+    (\"size:price,...\") min_size max_size price0 created."""
+    return f"{{gb:{gb_id}}}"
+
+
+def groupbuy_keys(gb_id: str) -> list[str]:
+    """KEYS of every group-buy script, in this order: the group-buy hash; groups (hash: s: status,
+    l: leader, n: members (holding a unit while it is open), j: members charged, x: expires ms, c: created ms, m: member
+    order ids comma-separated, p: price reached); users (hash: user -> their open group); idem (hash:
+    user NUL key -> order id); orders (hash: s: status, u: user, g: group, k: key, c: created ms, m:
+    payment method, r: ref, ch: charged cents, cid: charge id, a: amount owed, rf: refunded cents);
+    open (zset: open group -> when it is due to close, ms); pending (zset: member being charged ->
+    joined ms); settle (set: closed groups whose money is not all moved yet)."""
+    base = groupbuy(gb_id)
+    return [base] + [f"{base}:{k}" for k in ("groups", "users", "idem", "orders", "open", "pending", "settle")]
+
+
+def group_lease(gb_id: str, group_id: str) -> str:
+    """String: the process settling a closed group's money now (expires, so a dead one's lease lapses)."""
+    return f"{{gb:{gb_id}}}:lease:{group_id}"
+
+
+def stream_groupbuys(stream_id: str) -> str:
+    """Set of group-buy ids opened on a stream."""
+    return f"{{stream:{stream_id}}}:groupbuys"
+
+
+def groupbuy_of(some_id: str) -> str:
+    """Group ids (`<gb id>-<hex>`) and member order ids (`<gb id>.<hex>`) name their group-buy."""
+    return some_id[:14]

@@ -16,7 +16,7 @@ import orjson
 import sqlalchemy as sa
 from aiohttp import web
 
-from commerce import inventory, keys, settlement
+from commerce import groupbuys, inventory, keys, settlement
 from commerce.inventory import Reserver, UnknownSale
 from commerce.payments import PaymentProvider, ProviderUnavailable, UnknownPaymentMethod
 from commerce.sales import SALE_ID_RE, StockNotices
@@ -61,7 +61,8 @@ class Commerce:
 
     def __init__(self, svc: Services, provider: PaymentProvider) -> None:
         self.svc = svc
-        self.reserver = Reserver(svc.redis, max_in_flight=svc.settings.reserve_in_flight)
+        self.reserver = Reserver(svc.redis, max_in_flight=svc.settings.reserve_in_flight,
+                                 timeout_s=svc.settings.redis_timeout_s)
         self.stock = StockNotices(svc)
         self.reserver.on_stock = self.stock.note
         self.provider = provider
@@ -189,15 +190,21 @@ def _reply_from(reply: Callable[[tuple[int, bytes] | BaseException], None],
 
 
 async def _purchase(com: Commerce, sale_id: str, user: str, key: str, qty: int) -> tuple[int, bytes]:
-    """Look the sale up, reserve, answer: the aiohttp route, and the fast path's first purchase of a sale."""
+    """Look the sale up, reserve, answer: the aiohttp route, and the fast path's first purchase of a
+    sale. Both steps together within the Redis timeout, else 503 (docs/limits.md)."""
     if not SALE_ID_RE.match(sale_id):  # an auction's order record is not for sale
         raise NotFound(f"no sale {sale_id!r}")
-    info = await com.sale_info(sale_id)
-    started = time.perf_counter()
     try:
-        r = await com.reserver.reserve(sale_id, user, key, qty)
+        async with asyncio.timeout(com.reserver.timeout_s):
+            info = await com.sale_info(sale_id)
+            started = time.perf_counter()
+            r = await com.reserver.reserve(sale_id, user, key, qty)
     except UnknownSale:
         raise NotFound(f"no sale {sale_id!r}") from None
+    except TimeoutError:
+        if m.ENABLED:
+            m.LIMIT_REFUSALS.labels("redis_timeout").inc()
+        raise Unavailable("redis did not answer in time") from None
     return _answer(r, info, qty, started)
 
 
@@ -411,6 +418,9 @@ async def cancel(request: web.Request) -> web.Response:
 async def get_order(request: web.Request) -> web.Response:
     svc, com = request.app[SERVICES], request.app[COMMERCE]
     user = svc.auth.from_header(request.headers.get("Authorization"))
+    if groupbuys.MEMBER_ID_RE.match(request.match_info["id"]):  # a group-buy member's order
+        return json_response(await groupbuys.get_member_order(svc, request.match_info["id"], user.id,
+                                                              user.role == "admin"))
     return json_response(await _load_order(svc, com, _order_id(request), user))
 
 

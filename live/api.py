@@ -12,9 +12,11 @@ import sqlalchemy as sa
 from aiohttp import web
 
 import commerce.catalog
+import commerce.groupbuys
 import commerce.sales
 import realtime.state
 from live import keys
+from live.media.backend import MEDIA
 from live.schema import streams
 from live.streams import _ALLOWED, StreamStatus, can_pin, transition
 from livesale.auth import User, require_role
@@ -38,7 +40,10 @@ def iso(ts: float | str | None) -> str | None:
 
 async def load_stream(svc: Services, stream_id: str) -> dict[str, Any]:
     """The stream's hot state from Redis, 404 when unknown."""
-    raw = await svc.redis.hgetall(keys.meta(stream_id))  # type: ignore[misc]
+    async with svc.redis.pipeline(transaction=False) as p:
+        p.hgetall(keys.meta(stream_id))
+        p.exists(keys.publisher(stream_id))
+        raw, publishing = await p.execute()
     if not raw:
         raise NotFound(f"no stream {stream_id!r}")
     d = {k.decode(): v.decode() for k, v in raw.items()}
@@ -51,6 +56,7 @@ async def load_stream(svc: Services, stream_id: str) -> dict[str, Any]:
         "started_at": iso(d.get("started_at")),
         "ended_at": iso(d.get("ended_at")),
         "pinned": orjson.loads(d["pinned"]) if d.get("pinned") else None,
+        "video": "live" if publishing else "none",  # a WHIP publisher is connected (docs/media.md)
     }
 
 
@@ -69,7 +75,7 @@ async def snapshot_source(svc: Services, stream_id: str) -> dict[str, Any] | Non
     except NotFound:
         return None
     return {
-        "stream": {k: st[k] for k in ("id", "status", "host", "title")},
+        "stream": {k: st[k] for k in ("id", "status", "host", "title", "video")},
         "pinned": st["pinned"],
         "sales": await commerce.sales.list_for_stream(svc, stream_id),
     }
@@ -129,6 +135,10 @@ async def _transition(request: web.Request, action: str) -> web.Response:
         await conn.execute(streams.update().where(streams.c.id == stream_id).values(status=status, **{field: now}))
     if new is StreamStatus.ENDED:
         await commerce.sales.end_for_stream(svc, stream_id)
+        await commerce.groupbuys.end_for_stream(svc, stream_id)
+        media = request.app.get(MEDIA)
+        if media is not None:  # other processes close theirs within a couple of seconds
+            await media.end_stream(stream_id)
     return json_response(await stream_view(svc, stream_id))
 
 
@@ -142,6 +152,7 @@ async def _finish_end(svc: Services, stream_id: str) -> None:
         await conn.execute(streams.update().where(streams.c.id == stream_id, streams.c.status != "ended")
                            .values(status="ended", ended_at=when))
     await commerce.sales.end_for_stream(svc, stream_id)
+    await commerce.groupbuys.end_for_stream(svc, stream_id)
 
 
 async def start_stream(request: web.Request) -> web.Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import sqlalchemy as sa
@@ -10,6 +12,10 @@ from aiohttp import web
 import commerce.api
 import commerce.orders
 import live.api
+import live.discovery
+import live.media
+import live.pages
+import live.stats
 import realtime
 from livesale.auth import Verifier
 from livesale.bus import Bus
@@ -17,6 +23,7 @@ from livesale.config import Settings
 from livesale.db import create_tables, make_engine
 from livesale.errors import Unavailable
 from livesale.fasthttp import FastSite
+from livesale.limits import GatedSite
 from livesale.redis_client import connect, redis_errors
 from livesale.services import SERVICES, Services
 from livesale.web import MAX_BODY, catch_all, guarded, json_response, quiet_client_errors
@@ -32,24 +39,37 @@ def create_app(settings: Settings) -> web.Application:
     m.ENABLED = settings.metrics
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
-        redis = connect(settings.redis_url or "")
+        redis = connect(settings.redis_url or "", timeout_s=settings.redis_timeout_s)
         engine = make_engine(settings.sql_url)
         await create_tables(engine)
+        auth = Verifier.from_settings(settings)
+        refresher = None
+        if auth.jwks is not None:
+            await auth.jwks.refresh()  # bounded by the fetch timeout; a failure is logged, not fatal
+            refresher = asyncio.create_task(auth.jwks.run())
         app[SERVICES] = Services(
             settings=settings,
             redis=redis,
             db=engine,
-            auth=Verifier(settings.secret),
+            auth=auth,
             bus=Bus(redis, settings.stream_log_maxlen),
         )
         yield
+        if refresher is not None:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
         await redis.aclose()
         await engine.dispose()
 
     app.cleanup_ctx.append(services_ctx)
     live.api.setup(app)
+    live.discovery.setup(app)
+    live.media.setup(app)
+    live.stats.setup(app)
     commerce.api.setup(app)
     realtime.setup(app, snapshot_source=live.api.snapshot_source)
+    live.pages.setup(app)
     app.router.add_get("/metrics", guarded(exposition.metrics_handler))
     app.router.add_get("/healthz", guarded(healthz))
     app.router.add_get("/readyz", guarded(readyz))
@@ -60,11 +80,12 @@ def create_app(settings: Settings) -> web.Application:
 def make_site(runner: web.AppRunner, settings: Settings, *, port: int | None = None,
               reuse_port: bool = False) -> web.TCPSite:
     """The listening socket of a set-up runner: purchase requests on livesale.fasthttp's lean path
-    (every other request, and all of them with `fast_path` off, on aiohttp)."""
+    (every other request, and all of them with `fast_path` off, on aiohttp), accepted under the
+    connection cap (docs/limits.md)."""
     port = settings.port if port is None else port
     if settings.fast_path:
         return FastSite(runner, settings.host, port, commerce.orders.fast_reserve, reuse_port=reuse_port)
-    return web.TCPSite(runner, settings.host, port, reuse_port=reuse_port)
+    return GatedSite(runner, settings.host, port, reuse_port=reuse_port)
 
 
 async def healthz(_request: web.Request) -> web.Response:

@@ -31,8 +31,20 @@ class ErrorCode(StrEnum):
     BID_TOO_LOW = "bid_too_low"
     ALREADY_LEADING = "already_leading"
     INVALID_AMOUNT = "invalid_amount"
+    # Group-buys (docs/groupbuy.md).
+    INVALID_TIERS = "invalid_tiers"
+    GROUPBUY_NOT_ACTIVE = "groupbuy_not_active"
+    GROUP_FULL = "group_full"
+    GROUP_CLOSED = "group_closed"
+    ALREADY_IN_GROUP = "already_in_group"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
+    # Media, WHIP/WHEP (docs/media.md).
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    UNSUPPORTED_MEDIA = "unsupported_media"
+    PUBLISHER_EXISTS = "publisher_exists"
+    NO_PUBLISHER = "no_publisher"
+    AT_CAPACITY = "at_capacity"
     # WebSocket `error` event codes (DESIGN.md "WebSocket").
     INVALID_FRAME = "invalid_frame"
     UNKNOWN_TYPE = "unknown_type"
@@ -52,6 +64,7 @@ class CloseCode(IntEnum):
     INTERNAL_ERROR = 1011  # a bug of ours while serving the socket: reconnect with backoff
     SERVER_RESTARTING = 4000
     SLOW_CONSUMER = 4008
+    TOO_MANY_CONNECTIONS = 4009  # over the per-user or per-address socket cap (docs/limits.md)
     RATE_LIMITED = 4029
     UNAUTHORIZED = 4501
     BANNED = 4503

@@ -7,6 +7,7 @@
     ├── Forbidden (403)
     ├── NotFound (404)
     ├── Conflict (409 with a code: sold_out, limit_reached, ...)
+    ├── UnsupportedMediaType (415)
     ├── Unprocessable (422 with a code)
     ├── PaymentDeclined (402 card_declined)
     └── Unavailable (503 unavailable, Retry-After) <- every redis-py connection/timeout error
@@ -22,12 +23,16 @@ from livesale.codes import ErrorCode
 class LivesaleError(Exception):
     status = 500
     code: str = ErrorCode.INTERNAL
+    retry_after: int | None = None  # seconds, sent as Retry-After when set
 
-    def __init__(self, message: str = "", *, code: str | None = None, **extra: Any) -> None:
+    def __init__(self, message: str = "", *, code: str | None = None, retry_after: int | None = None,
+                 **extra: Any) -> None:
         super().__init__(message or self.__class__.__name__)
         self.message = message or self.__class__.__name__
         if code is not None:
             self.code = code
+        if retry_after is not None:
+            self.retry_after = retry_after
         self.extra = extra
 
     def body(self) -> dict[str, Any]:
@@ -59,6 +64,11 @@ class Conflict(LivesaleError):
     code = ErrorCode.CONFLICT
 
 
+class UnsupportedMediaType(LivesaleError):
+    status = 415
+    code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
+
+
 class Unprocessable(LivesaleError):
     status = 422
     code = ErrorCode.VALIDATION
@@ -73,6 +83,6 @@ class Unavailable(LivesaleError):
     status = 503
     code = ErrorCode.UNAVAILABLE
 
-    def __init__(self, message: str = "a backing service is unreachable", retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+    def __init__(self, message: str = "a backing service is unreachable", retry_after: int = 1, *,
+                 code: str | None = None) -> None:
+        super().__init__(message, code=code, retry_after=retry_after)

@@ -41,6 +41,7 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web_protocol import RequestHandler
 
+from livesale.limits import ConnectionGate, GatedSite
 from livesale.web import MAX_BODY, error_answer, http_series
 from monitoring import metrics as m
 
@@ -113,13 +114,21 @@ class FastServer:
     """The protocol factory of a listening socket: new connections start on `FastProtocol`."""
 
     def __init__(self, app: web.Application, aiohttp_server: web.Server, handler: PurchaseHandler,
-                 keepalive_timeout: float | None = None) -> None:
+                 keepalive_timeout: float | None = None, header_timeout: float | None = None) -> None:
         self.app = app
         self.aiohttp_server = aiohttp_server  # its __call__ makes aiohttp's protocol for a connection
         self.handler = handler
         if keepalive_timeout is None:  # the one aiohttp's connections on this server get
             keepalive_timeout = _aiohttp_keepalive(aiohttp_server)
         self.keepalive_timeout = keepalive_timeout
+        if header_timeout is None:  # likewise (livesale.web.JsonErrorsServer), else none
+            header_timeout = getattr(aiohttp_server, "header_timeout", None) or float("inf")
+        self.header_timeout = header_timeout
+        # Closes connections at the cap's count (livesale.limits), when the connections come through it.
+        self.gate: ConnectionGate | None = getattr(aiohttp_server, "gate", None)
+        # Loop time as of the last sweep: what connections stamp themselves with (a clock read per
+        # request would cost more than the precision is worth; the sweeps come every second at most).
+        self.clock = 0.0
         self.connections: set[FastProtocol] = set()
         self.closing = False
         self.served = 0  # requests answered on the fast path
@@ -134,15 +143,27 @@ class FastServer:
         return FastProtocol(self)
 
     def _sweep(self) -> None:
-        """Close connections idle past the keep-alive timeout, checked every few seconds rather than
-        with a timer per request."""
+        """Close connections idle past the keep-alive timeout, and those whose request has not all
+        arrived within the header timeout of its first byte (docs/limits.md), checked every second
+        (or quarter timeout) rather than with a timer per request."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() - self.keepalive_timeout
+        period = max(0.05, min(1.0, self.keepalive_timeout / 4, self.header_timeout / 4))
+        # Stamps are the clock of the sweep before the event, up to one period early: a connection is
+        # closed only once it is certainly past its timeout, at most two periods after.
+        self.clock = now = loop.time()
+        idle_since = now - self.keepalive_timeout - period
+        head_since = now - self.header_timeout - period
         for conn in list(self.connections):
-            # Not one waiting for its client to read: aiohttp has no timeout on a write either.
-            if not conn.busy and not conn.write_paused and conn.last_active < deadline:
+            if conn.busy or conn.write_paused:
+                # Not one waiting for its client to read: aiohttp has no timeout on a write either.
+                continue
+            if conn.head_since and conn.head_since <= head_since:
+                if m.ENABLED:
+                    m.LIMIT_REFUSALS.labels("header_timeout").inc()
                 conn.close()
-        self._sweeper = loop.call_later(min(5.0, max(0.1, self.keepalive_timeout / 2)), self._sweep)
+            elif conn.last_active < idle_since:
+                conn.close()
+        self._sweeper = loop.call_later(period, self._sweep)
 
     def record(self, status: int, seconds: float) -> None:
         pair = self._series.get(status)
@@ -176,7 +197,7 @@ class FastProtocol(asyncio.Protocol):
     """One connection, while it only carries purchase requests in the fast subset (module docstring)."""
 
     __slots__ = ("server", "transport", "buf", "busy", "started", "close_after", "last_active",
-                 "write_paused", "read_paused", "eof", "handing_off")
+                 "write_paused", "read_paused", "eof", "handing_off", "head_since")
 
     def __init__(self, server: FastServer) -> None:
         self.server = server
@@ -190,6 +211,7 @@ class FastProtocol(asyncio.Protocol):
         self.read_paused = False
         self.eof = False
         self.handing_off = False
+        self.head_since = 0.0  # server.clock when the request at the buffer's start began to arrive
 
     # --- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -198,7 +220,7 @@ class FastProtocol(asyncio.Protocol):
             transport.close()
             return
         self.transport = transport  # type: ignore[assignment]
-        self.last_active = asyncio.get_running_loop().time()
+        self.last_active = self.server.clock
         self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -218,13 +240,15 @@ class FastProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.forget(self)
         self.transport = None  # a request being answered still completes; its answer is dropped
+        if self.server.gate is not None:
+            self.server.gate.closed()
 
     def pause_writing(self) -> None:
         self.write_paused = True
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self.last_active = asyncio.get_running_loop().time()  # idle from now on, if nothing waits
+        self.last_active = self.server.clock  # idle from now on, if nothing waits
         if not self.busy:
             self._next()
 
@@ -297,6 +321,7 @@ class FastProtocol(asyncio.Protocol):
         self.close_after = close
         self.started = time.perf_counter()
         self.busy = True
+        self.head_since = 0.0
         try:
             self.server.handler(self.server.app, line.group(1).decode(), auth, key, body, self._answered)
         except Exception as exc:  # noqa: BLE001 - a refusal made before any waiting
@@ -305,10 +330,13 @@ class FastProtocol(asyncio.Protocol):
             asyncio.get_running_loop().call_soon(self._answered, exc)
 
     def _more(self) -> None:
-        """Wait for the rest of the request at the start of the buffer, unless the client has
-        half-closed: then it never comes, and the connection closes (as aiohttp closes it)."""
+        """Wait for the rest of the request at the start of the buffer (for up to the header timeout
+        from its first byte, `FastServer._sweep`), unless the client has half-closed: then it never
+        comes, and the connection closes (as aiohttp closes it)."""
         if self.eof:
             self.close()
+        elif not self.head_since:
+            self.head_since = self.server.clock
 
     def _answered(self, outcome: tuple[int, bytes] | BaseException) -> None:
         if not self.busy:
@@ -334,7 +362,7 @@ class FastProtocol(asyncio.Protocol):
             return
         close = self.close_after or server.closing or (self.eof and not self.buf)
         transport.write(_head(status, len(body), headers, close) + body)
-        self.last_active = asyncio.get_running_loop().time()
+        self.last_active = server.clock
         if close:
             self.close()
             return
@@ -374,22 +402,17 @@ class FastProtocol(asyncio.Protocol):
             transport.close()
 
 
-class FastSite(web.TCPSite):
-    """aiohttp's TCP site whose connections start on the fast path (`FastServer`)."""
+class FastSite(GatedSite):
+    """aiohttp's TCP site whose connections start on the fast path (`FastServer`), accepted under the
+    connection cap (livesale.limits.GatedSite)."""
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, handler: PurchaseHandler, **kwargs: Any) -> None:
         super().__init__(runner, host, port, **kwargs)
         assert runner.server is not None
         self.fast = FastServer(runner.app, runner.server, handler)
 
-    async def start(self) -> None:
-        await web.BaseSite.start(self)  # registers the site with the runner (what TCPSite.start does first)
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self.fast, self._host, self._port, backlog=self._backlog,
-            reuse_address=self._reuse_address, reuse_port=self._reuse_port,
-        )
-        self._bound_port = self._server.sockets[0].getsockname()[1]
+    def factory(self) -> Callable[[], asyncio.Protocol]:
+        return self.fast
 
     async def stop(self) -> None:
         await super().stop()  # stop listening

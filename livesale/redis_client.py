@@ -23,17 +23,19 @@ def refuses_writes(exc: BaseException) -> bool:
     return isinstance(exc, rx.ResponseError) and str(exc).startswith(_REFUSING)
 
 
-def connect(url: str, *, max_connections: int = 100) -> aioredis.Redis:
+def connect(url: str, *, max_connections: int = 100, timeout_s: float = 3.0) -> aioredis.Redis:
+    """A client whose commands, and waits for a free connection, give up after `timeout_s` (the app
+    passes LIVESALE_REDIS_TIMEOUT_S: a stalled Redis is a 503, docs/limits.md)."""
     # A blocking pool: under a burst, callers queue for a connection instead of failing with
     # "Too many connections" (which would surface as a wrong 503).
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         decode_responses=False,
-        socket_connect_timeout=1.0,
-        socket_timeout=3.0,
+        socket_connect_timeout=min(1.0, timeout_s),
+        socket_timeout=timeout_s,
         health_check_interval=0,
         max_connections=max_connections,
-        timeout=3.0,
+        timeout=timeout_s,
     )
     return aioredis.Redis.from_pool(pool)
 

@@ -4,14 +4,17 @@ turns the exception tree into `{"error": code, "message": ...}` bodies."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis.exceptions as rx
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError, PayloadEncodingError
 from aiohttp.web_protocol import RequestHandler
 
@@ -19,9 +22,13 @@ from livesale.auth import User
 from livesale.codes import ErrorCode
 from livesale.db import unavailable as sql_unavailable
 from livesale.errors import BadRequest, LivesaleError, Unavailable
+from livesale.limits import ClientFrames, ConnectionGate, release
 from livesale.redis_client import REDIS_DOWN, refuses_writes
 from livesale.services import SERVICES
 from monitoring import metrics as m
+
+if TYPE_CHECKING:
+    from livesale.config import Settings
 
 log = logging.getLogger("livesale.http")
 
@@ -48,7 +55,7 @@ def json_bytes_response(body: bytes, status: int = 200) -> web.Response:
 
 
 def error_response(exc: LivesaleError) -> web.Response:
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
     return json_response(exc.body(), exc.status, headers)
 
 
@@ -69,10 +76,34 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest("request body is not valid JSON") from exc
+        data = _out_of_range_numbers(body, exc)
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
     return data
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _number(text: str) -> float:
+    """A number too long or too large for a machine type: infinity, so that a field expecting an
+    integer in a range refuses it as it refuses any other out-of-range value (422)."""
+    return -math.inf if text.startswith("-") else math.inf
+
+
+def _out_of_range_numbers(body: bytes, exc: orjson.JSONDecodeError) -> Any:
+    """orjson refuses valid JSON holding a number beyond a double (an integer of 309+ digits, 1e400):
+    that is a value out of range (422 from the field's check, docs/limits.md), not malformed JSON (400).
+    Such a body is read again by the standard parser, integers over 18 digits made infinite (Python's
+    int() refuses more than 4300 digits, and parsing long ones costs quadratic time)."""
+    if not str(exc).startswith("number is infinity"):
+        raise BadRequest("request body is not valid JSON") from exc
+    try:
+        return json.loads(body, parse_int=lambda t: int(t) if len(t) <= 18 else _number(t),
+                          parse_constant=_not_json)  # floats: 1e400 is inf already
+    except (ValueError, RecursionError) as exc2:
+        raise BadRequest("request body is not valid JSON") from exc2
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
@@ -152,7 +183,7 @@ def error_answer(exc: Exception, method: str, path: str) -> tuple[int, bytes, di
     else:
         log.error("unhandled error on %s %s", method, path, exc_info=exc)
         return 500, _INTERNAL, None
-    headers = {"Retry-After": str(err.retry_after)} if isinstance(err, Unavailable) else None
+    headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else None
     return err.status, orjson.dumps(err.body()), headers
 
 
@@ -206,7 +237,70 @@ class JsonErrorsHandler(RequestHandler):
     """aiohttp's connection protocol, whose own answers use our error shape: a request its parser
     refuses (two Content-Lengths, a bare LF, a header line too long, ...) gets 400 `bad_request` with
     the parser's reason as JSON instead of aiohttp's text/plain page. Logging, and closing the
-    connection afterwards, stay aiohttp's."""
+    connection afterwards, stay aiohttp's.
+
+    It also holds the limits aiohttp lacks (docs/limits.md): a request's line and headers must arrive
+    within the header timeout of its first byte (aiohttp's keep-alive timer, brought forward, closes
+    the connection otherwise: it closes only a connection still waiting for a request); a WebSocket
+    client's unmasked frame closes the connection with 1002; a connection lost is counted off the
+    connection cap."""
+
+    _head_by = 0.0  # loop time by which the request head being received must be whole; 0: none
+    _header_timeout = 0.0
+    _gate: ConnectionGate | None = None
+    _frames: ClientFrames | None = None  # set once the connection carries a WebSocket
+
+    def data_received(self, data: bytes) -> None:
+        if self._frames is not None:
+            if data and not self._frames.feed(data):
+                self._unmasked_frame()
+                return
+            super().data_received(data)
+            return
+        if not self._head_by and self._header_timeout and not self._messages and not self._request_in_progress:
+            self._head_by = self._loop.time() + self._header_timeout
+            # From a request's first byte the connection is no longer idle: the header deadline
+            # replaces the keep-alive one (aiohttp sets that anew after the response).
+            self._next_keepalive_close_time = self._head_by
+            if self._keepalive_handle is not None:
+                self._keepalive_handle.cancel()
+            self._keepalive_handle = self._loop.call_at(self._head_by, self._process_keepalive)
+        parsed = self._request_count
+        super().data_received(data)
+        if self._request_count != parsed:
+            self._head_by = 0.0
+
+    def _process_keepalive(self) -> None:
+        head = bool(self._head_by) and self._loop.time() >= self._head_by and not self._force_close
+        super()._process_keepalive()
+        if head and self._force_close and m.ENABLED:
+            m.LIMIT_REFUSALS.labels("header_timeout").inc()
+
+    def set_parser(self, parser: Any, data_received_cb: Any = None) -> None:
+        # A WebSocket's frame reader: what arrived with the handshake goes through the mask check too.
+        self._frames = ClientFrames()
+        if self._message_tail and not self._frames.feed(self._message_tail):
+            self._message_tail = b""
+            self._unmasked_frame()
+        super().set_parser(parser, data_received_cb)
+
+    def _unmasked_frame(self) -> None:
+        """RFC 6455 §5.1: close with 1002 and drop the connection (aiohttp's reader would accept it)."""
+        if m.ENABLED:
+            m.LIMIT_REFUSALS.labels("unmasked_frame").inc()
+            m.WS_CLOSES.labels("1002").inc()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            reason = b"client frames must be masked"
+            transport.write(b"\x88%c%b%b" % (2 + len(reason), (1002).to_bytes(2, "big"), reason))
+        self.force_close()
+        release(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        counted = self._manager is not None  # aiohttp ignores a second call; so do we
+        super().connection_lost(exc)
+        if counted and self._gate is not None:
+            self._gate.closed()
 
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -224,18 +318,50 @@ class JsonErrorsHandler(RequestHandler):
 
 
 class JsonErrorsServer(web.Server):
+    header_timeout = 0.0  # 0: none
+    gate: ConnectionGate | None = None  # the connection cap, when the sites accept through it
+
     def __call__(self) -> RequestHandler:
-        return JsonErrorsHandler(self, loop=self._loop, **self._kwargs)
+        handler = JsonErrorsHandler(self, loop=self._loop, **self._kwargs)
+        handler._header_timeout = self.header_timeout
+        handler._gate = self.gate
+        return handler
 
 
 class Runner(web.AppRunner):
-    """aiohttp's AppRunner whose connections answer in our error shape (`JsonErrorsHandler`); what
-    `livesale serve` and the tests run the app with."""
+    """aiohttp's AppRunner whose connections answer in our error shape (`JsonErrorsHandler`) and keep
+    the limits of the app's settings (docs/limits.md): keep-alive and header timeouts, and the
+    connection cap for the sites that accept through it (livesale.limits.GatedSite); what
+    `livesale serve` and the tests run the app with. A `keepalive_timeout` given here wins."""
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = JsonErrorsServer  # same object and state; only the protocol it makes differs
+        svc = self.app.get(SERVICES)
+        if svc is not None:
+            settings = svc.settings
+            kwargs: dict[str, Any] = server._kwargs  # what each connection's RequestHandler is made with
+            kwargs.setdefault("keepalive_timeout", settings.keepalive_s)
+            server.header_timeout = settings.header_timeout_s  # type: ignore[attr-defined]
+            server.gate = ConnectionGate(settings.connection_cap)  # type: ignore[attr-defined]
         return server
+
+
+class QueryFreeAccessLogger(AbstractAccessLogger):
+    """aiohttp's access line without the query string and the Referer: a WebSocket's `?token=` (or a
+    page address carrying one) never reaches the log (docs/auth.md)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info('%s "%s %s HTTP/%d.%d" %d %d %.6f "%s"', request.remote, request.method,
+                         request.rel_url.raw_path, request.version.major, request.version.minor,
+                         response.status, response.body_length, time, request.headers.get("User-Agent", "-"))
+
+
+def access_log_options(settings: Settings) -> dict[str, Any]:
+    """AppRunner keywords for the access log `settings` ask for (off unless `access_log`)."""
+    if not settings.access_log:
+        return {"access_log": None}
+    return {"access_log": logging.getLogger("aiohttp.access"), "access_log_class": QueryFreeAccessLogger}
 
 
 def quiet_client_errors() -> None:

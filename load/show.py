@@ -79,8 +79,10 @@ class Show:
     # -- processes -------------------------------------------------------------------------
     def start_server(self) -> None:
         self.redis = EmbeddedRedis(self.data / "redis", appendonly=False).start()
+        # Every viewer of the swarm connects from 127.0.0.1: the per-address socket cap (docs/limits.md)
+        # would close all but 500 of them 4009.
         env = dict(os.environ, REDIS_URL=self.redis.url, DATABASE_URL=self.db_url, LIVESALE_SECRET=self.secret,
-                   LIVESALE_DATA=str(self.data))
+                   LIVESALE_DATA=str(self.data), LIVESALE_WS_PER_IP=str(self.a.viewers + 100))
         log = _log(self.out / "server.log")  # lives as long as the server
         self.server = subprocess.Popen(
             [sys.executable, "-m", "live.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),

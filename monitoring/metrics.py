@@ -99,7 +99,42 @@ SQL_WRITE_LATENCY = Histogram(
     "livesale_sql_write_duration_seconds", "One order-writer SQL transaction", buckets=LATENCY_BUCKETS
 )
 
+# --- media (WHIP/WHEP, docs/media.md)
+MEDIA_PUBLISHERS = Gauge(
+    "livesale_media_publishers", "WHIP publishers connected to this process", multiprocess_mode="livesum"
+)
+MEDIA_VIEWERS = Gauge("livesale_media_viewers", "WHEP viewers served by this process", multiprocess_mode="livesum")
+MEDIA_SESSIONS = Counter("livesale_media_sessions_total", "WHIP/WHEP sessions opened, by kind", ["kind"])
+MEDIA_FRAMES = Counter(
+    "livesale_media_frames_total",
+    "Video frames by stage: received (decoded from publishers), encoded (once per stream and codec), "
+    "sent (queued to viewers: one per viewer)",
+    ["stage"],
+)
+MEDIA_DROPPED = Counter(
+    "livesale_media_frames_dropped_total",
+    "Video frames dropped: encoder_busy (pushed out of the few frames waiting for a busy encoder), viewer_behind "
+    "(thrown out of a full viewer queue)",
+    ["reason"],
+)
+MEDIA_ENCODE = Histogram(
+    "livesale_media_encode_seconds", "One frame's encode (one per stream and codec)", ["codec"],
+    buckets=LATENCY_BUCKETS,
+)
+
 # --- dependencies
+# --- limits under hostile load (docs/limits.md)
+LIMIT_REFUSALS = Counter(
+    "livesale_limit_refusals_total",
+    "Connections and requests stopped by a limit: connection_cap (accepting paused at the cap), "
+    "accept_error (accept() out of descriptors), header_timeout, ws_per_user and ws_per_ip (4009), "
+    "redis_timeout (a purchase answered 503), unmasked_frame (1002)",
+    ["limit"],
+)
+OPEN_CONNECTIONS = Gauge(
+    "livesale_open_connections", "Client TCP connections open (the connection cap counts these)",
+    multiprocess_mode="livesum",
+)
 REDIS_ERRORS = Counter("livesale_redis_errors_total", "Redis calls that failed, by operation", ["op"])
 
 SALE_STATES = ("available", "held", "sold", "stock")

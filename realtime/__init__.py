@@ -13,10 +13,11 @@ from aiohttp import web
 from livesale.services import SERVICES, Services
 from livesale.web import guarded
 from realtime import moderation
-from realtime.handler import HUB, ws_handler
+from realtime.handler import HUB, SOCKET_CAPS, ws_handler
 from realtime.hub import Hub, HubConfig, SnapshotSource
+from realtime.limits import SocketCaps
 
-__all__ = ["HUB", "Hub", "HubConfig", "setup"]
+__all__ = ["HUB", "SOCKET_CAPS", "Hub", "HubConfig", "setup"]
 
 
 async def _no_source(_svc: Services, _stream_id: str) -> None:
@@ -28,9 +29,11 @@ def setup(app: web.Application, snapshot_source: SnapshotSource = _no_source,
     """Register `/ws/streams/{id}`, the moderation routes and the hub's lifecycle on the app."""
 
     async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
-        hub = Hub(app[SERVICES], snapshot_source, config or HubConfig.from_env())
+        svc = app[SERVICES]
+        hub = Hub(svc, snapshot_source, config or HubConfig.from_env())
         await hub.start()
         app[HUB] = hub
+        app[SOCKET_CAPS] = SocketCaps(svc.settings.ws_per_user, svc.settings.ws_per_ip)
         yield
         await hub.stop()
 

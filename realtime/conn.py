@@ -17,13 +17,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from livesale.codes import CloseCode
+from livesale.limits import drop, release_after
 from monitoring import metrics as m
 from realtime import protocol
 
 # Bytes the kernel-side transport may hold before a connection counts as lagging and its batches
 # queue in our own (bounded, sheddable) buffer instead.
 TRANSPORT_HIGH = 64 * 1024
-CLOSE_TIMEOUT_S = 5.0
+# How long a close waits for the peer's close frame (aiohttp's `WebSocketResponse(timeout=)`), and
+# for the whole close: a closed viewer's socket and buffers are released within 5 s (docs/limits.md).
+CLOSE_HANDSHAKE_S = 2.0
+CLOSE_TIMEOUT_S = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,10 +193,15 @@ class Conn:
         self.on_close(self, code)
 
     async def aclose(self, code: CloseCode) -> None:
-        """Send the close frame; a peer that does not answer in time loses the transport."""
+        """Send the close frame (behind any data still unsent, so a peer that reads again at once
+        gets it) and wait for the peer's. One that does not answer in time, or leaves data unsent,
+        loses the transport then (aiohttp's close only asks the transport to close once the data is
+        out, which for a peer that never reads is never)."""
+        deadline = asyncio.get_running_loop().time() + CLOSE_TIMEOUT_S
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await self.ws.close(code=int(code), message=code.name.lower().encode(), drain=False)
         except (TimeoutError, ConnectionError):
             with contextlib.suppress(Exception):
-                self.transport.abort()
+                drop(self.transport)
+        await release_after(self.transport, deadline - asyncio.get_running_loop().time())

@@ -17,17 +17,19 @@ from aiohttp import WSMsgType, web
 from livesale.bus import meta_key, now_ms
 from livesale.codes import CloseCode, ErrorCode
 from livesale.errors import Unauthorized
+from livesale.limits import release
 from livesale.redis_client import REDIS_DOWN
 from monitoring import metrics as m
 from realtime import keys, protocol, snapshot, state
-from realtime.conn import Conn
+from realtime.conn import CLOSE_HANDSHAKE_S, Conn
 from realtime.hub import REDIS_UNUSABLE, Hub, raise_unless_refused
-from realtime.limits import FloodGuard
+from realtime.limits import FloodGuard, SocketCaps
 from realtime.protocol import Comment, Like, Ping, ProtocolError
 
 log = logging.getLogger("livesale.realtime")
 
 HUB = web.AppKey("realtime_hub", Hub)
+SOCKET_CAPS = web.AppKey("realtime_socket_caps", SocketCaps)
 
 
 def _since(raw: str | None) -> int | None:
@@ -52,7 +54,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     # aiohttp closes with 1009 a frame of max_msg_size bytes or more; DESIGN.md closes only frames over
     # 4096 bytes (tests/test_realtime_contract.py holds both edges, should aiohttp's bound change).
     ws = web.WebSocketResponse(heartbeat=cfg.heartbeat_s, max_msg_size=protocol.MAX_FRAME_BYTES + 1,
-                               compress=False, decode_text=False, timeout=5.0)
+                               compress=False, decode_text=False, timeout=CLOSE_HANDSHAKE_S)
     await ws.prepare(request)
     user = None
     token = request.query.get("token")
@@ -63,6 +65,12 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
             return await _reject(ws, CloseCode.UNAUTHORIZED, exc.message)
     if len(stream_id) > 64:
         return await _reject(ws, CloseCode.NO_SUCH_STREAM, "no such stream")
+    caps, uid, ip = request.app[SOCKET_CAPS], user.id if user is not None else None, request.remote
+    over = caps.admit(uid, ip)
+    if over is not None:
+        if m.ENABLED:
+            m.LIMIT_REFUSALS.labels(over).inc()
+        return await _reject(ws, CloseCode.TOO_MANY_CONNECTIONS, "too many connections; reconnect with backoff")
     transport = request.transport
     assert transport is not None
     conn = Conn(ws, transport, user, stream_id, cfg.outbound_bytes, cfg.slow_close_s, hub.close_conn)  # type: ignore[arg-type]
@@ -70,9 +78,10 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     try:
         try:
             # Before joining: a room for a made-up id would SUBSCRIBE and report viewers to Redis.
-            if not await svc.redis.exists(meta_key(stream_id)):
+            host = await svc.redis.hget(meta_key(stream_id), "host")  # type: ignore[misc]
+            if host is None:
                 return await _reject(ws, CloseCode.NO_SUCH_STREAM, "no such stream")
-            await hub.join(conn)
+            await hub.join(conn, counted=user is None or user.id != host.decode())
             async with hub.connecting:  # a reconnect storm must not take every Redis connection at once
                 found = await _first_frames(hub, conn, _since(request.query.get("since")))
         except (*REDIS_DOWN, TimeoutError):
@@ -86,6 +95,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
         log.exception("websocket on stream %s failed", stream_id)
         failed = True
     finally:
+        caps.release(uid, ip)
         hub.leave(conn)
         conn.closed = True
         if conn.writer is not None:
@@ -96,6 +106,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
         await asyncio.shield(conn.closing)
     elif not ws.closed:
         await ws.close()
+    release(transport)  # a close aiohttp made itself (heartbeat, 1009) leaves unsent data to a non-reader
     return ws
 
 
@@ -179,6 +190,7 @@ async def _comment(hub: Hub, conn: Conn, cmd: Comment) -> ProtocolError | None:
             return ProtocolError(ErrorCode.RATE_LIMITED, "too many comments; slow down")
         await hub.svc.bus.publish_log(conn.stream_id, {
             "type": "comment", "id": secrets.token_hex(8), "user": uid, "text": cmd.text, "ts": now_ms()})
+        hub.note_comment(conn.stream_id)
         if m.ENABLED:
             m.WS_PUBLISHED.labels("comment").inc()
     except REDIS_UNUSABLE as exc:

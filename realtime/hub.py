@@ -23,13 +23,14 @@ import orjson
 from redis import exceptions as rx
 from redis.asyncio.client import PubSub
 
-from livesale.bus import STATE_TYPES, channel
+from livesale.bus import STATE_TYPES, channel, now_ms
 from livesale.codes import CloseCode
 from livesale.redis_client import REDIS_DOWN, refuses_writes
 from livesale.services import Services
 from livesale.tasks import pause, raise_if_cancelling
 from monitoring import metrics as m
 from realtime import state
+from realtime.analytics import Tally, identity
 from realtime.coalesce import Conflator, LikeSum
 from realtime.conn import Batch, Conn, Item
 from realtime.limits import TokenBucket, WindowCap
@@ -106,6 +107,8 @@ class Room:
         self._timer_at = 0.0
         self._flushed_at = 0.0
         self.drop_at: float | None = None
+        self.tally = Tally(time.monotonic())  # audience figures since the last viewers tick
+        self.counted: dict[Conn, str] = {}  # viewer sockets that count (not the host's) -> identity
 
     def on_message(self, data: bytes) -> None:
         try:
@@ -218,12 +221,15 @@ class Hub:
         for room in list(self.rooms.values()):
             with contextlib.suppress(*REDIS_UNUSABLE):
                 await state.report_viewers(self.svc.redis, room.stream_id, self.proc, 0, 0)
+                await self._report_analytics(room)
         if self._pubsub is not None:
             with contextlib.suppress(*REDIS_DOWN):
                 await self._pubsub.aclose()
 
     # --- rooms
-    async def join(self, conn: Conn) -> Room:
+    async def join(self, conn: Conn, *, counted: bool = True) -> Room:
+        """Add a viewer socket to its stream's room; `counted` False for the host's own sockets,
+        which never count in the stream's figures (docs/api.md "Stream analytics")."""
         room = self.rooms.get(conn.stream_id)
         if room is None:
             room = self.rooms[conn.stream_id] = Room(self, conn.stream_id)
@@ -236,6 +242,9 @@ class Hub:
                 raise
         room.drop_at = None
         room.conns.add(conn)
+        if counted:
+            ident = room.counted[conn] = identity(conn.user.id if conn.user is not None else None)
+            room.tally.join(ident, time.monotonic())
         if m.ENABLED:
             m.WS_CONNECTIONS.inc()
         await asyncio.wait_for(asyncio.shield(room.subscribed), 5)
@@ -246,10 +255,28 @@ class Hub:
         if room is None or conn not in room.conns:
             return
         room.conns.discard(conn)
+        ident = room.counted.pop(conn, None)
+        if ident is not None:
+            room.tally.leave(ident, time.monotonic())
         if m.ENABLED:
             m.WS_CONNECTIONS.dec()
         if not room.conns:
             room.drop_at = time.monotonic() + self.cfg.unsubscribe_grace_s
+
+    def note_comment(self, stream_id: str) -> None:
+        """An accepted comment, for the stream's figures (flushed with the next viewers tick)."""
+        room = self.rooms.get(stream_id)
+        if room is not None:
+            room.tally.comment(now_ms())
+
+    async def _report_analytics(self, room: Room) -> None:
+        report = room.tally.take(time.monotonic())
+        try:
+            await state.report_analytics(self.svc.redis, room.stream_id, self.proc, report,
+                                         int(self.cfg.viewers_ttl_s * 1000))
+        except BaseException:
+            room.tally.restore(report)
+            raise
 
     async def _drop_idle_rooms(self) -> None:
         now = time.monotonic()
@@ -267,6 +294,7 @@ class Hub:
                 await self._pubsub.unsubscribe(channel(sid))
             try:
                 await state.report_viewers(self.svc.redis, sid, self.proc, 0, 0)
+                await self._report_analytics(room)  # its last figures, and no open sockets
             except REDIS_UNUSABLE as exc:
                 # The entry expires on its own (viewers_ttl_s); the other rooms still get dropped.
                 raise_if_cancelling()
@@ -324,6 +352,9 @@ class Hub:
         for sid, n in pending.items():
             try:
                 await state.add_likes(self.svc.redis, sid, n)
+                room = self.rooms.get(sid)
+                if room is not None:  # the minute's likes, for the stream's figures
+                    room.tally.likes(n, now_ms())
                 if m.ENABLED:
                     m.WS_PUBLISHED.labels("likes").inc()
             except REDIS_UNUSABLE as exc:
@@ -339,6 +370,7 @@ class Hub:
             try:
                 for sid, room in list(self.rooms.items()):
                     await state.report_viewers(self.svc.redis, sid, self.proc, len(room.conns), ttl_ms)
+                    await self._report_analytics(room)
                 await self._drop_idle_rooms()
                 now = time.monotonic()
                 self.comment_limit.purge(now)

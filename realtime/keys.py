@@ -19,3 +19,23 @@ def viewer_procs(stream_id: str) -> str:
 def muted(stream_id: str, user_id: str) -> str:
     """Set while a user is muted on a stream (seen by every process; with an optional TTL)."""
     return f"{{stream:{stream_id}}}:muted:{user_id}"
+
+
+def analytics(stream_id: str) -> str:
+    """Hash of the stream's audience figures: views, peak, watch_ms, comments (docs/api.md "Stream analytics")."""
+    return f"{{stream:{stream_id}}}:an"
+
+
+def analytics_procs(stream_id: str) -> str:
+    """Hash: process id -> "open viewer sockets (the host's left out):expires_ms"."""
+    return f"{{stream:{stream_id}}}:an:procs"
+
+
+def analytics_uniques(stream_id: str) -> str:
+    """HyperLogLog of viewer identities (user id, or connection for anonymous viewers)."""
+    return f"{{stream:{stream_id}}}:an:uv"
+
+
+def analytics_minutes(stream_id: str) -> str:
+    """Hash: "<minute since epoch>:v" viewers max, ":c" comments, ":l" likes."""
+    return f"{{stream:{stream_id}}}:an:min"

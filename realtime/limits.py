@@ -73,3 +73,39 @@ class FloodGuard:
         while self._hits and self._hits[0] <= now - self.window_s:
             self._hits.popleft()
         return len(self._hits) > self.limit
+
+
+class SocketCaps:
+    """Open viewer sockets per user and per client address, at most `per_user` and `per_ip` of each
+    (docs/limits.md). Counted per process: with N processes a user may hold up to N x `per_user`."""
+
+    def __init__(self, per_user: int = 10, per_ip: int = 500) -> None:
+        self.per_user = per_user
+        self.per_ip = per_ip
+        self._users: dict[str, int] = {}
+        self._ips: dict[str, int] = {}
+
+    def admit(self, user: str | None, ip: str | None) -> str | None:
+        """Count a new socket in, or name the cap it would exceed ("ws_per_user", "ws_per_ip")."""
+        if user is not None and self._users.get(user, 0) >= self.per_user:
+            return "ws_per_user"
+        if ip is not None and self._ips.get(ip, 0) >= self.per_ip:
+            return "ws_per_ip"
+        if user is not None:
+            self._users[user] = self._users.get(user, 0) + 1
+        if ip is not None:
+            self._ips[ip] = self._ips.get(ip, 0) + 1
+        return None
+
+    def release(self, user: str | None, ip: str | None) -> None:
+        """A socket `admit` counted in is closed."""
+        for counts, key in ((self._users, user), (self._ips, ip)):
+            if key is not None:
+                left = counts[key] - 1
+                if left:
+                    counts[key] = left
+                else:
+                    del counts[key]
+
+    def __len__(self) -> int:
+        return len(self._users) + len(self._ips)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from live.app import create_app, make_site
+from live.pages import enable_dev_tokens
 from livesale.auth import mint
 from livesale.config import Settings
 from livesale.embedded_redis import free_port
@@ -65,8 +68,25 @@ async def start_app_server(settings: Settings) -> AsyncIterator[LiveServer]:
         yield LiveServer(settings, port, app=runner.app)
 
 
-def spawn_server(settings: Settings, *, workers: int = 1, extra_env: dict[str, str] | None = None) -> LiveServer:
-    """A separate `livesale serve` process on the given settings' Redis and SQL."""
+@contextlib.asynccontextmanager
+async def start_demo_server(settings: Settings, port: int | None = None) -> AsyncIterator[LiveServer]:
+    """The real app on loopback with the demo's POST /dev/token on, as `livesale demo` runs it."""
+    app = create_app(settings)
+    enable_dev_tokens(app)
+    runner = Runner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        port = port or free_port()
+        await make_site(runner, settings, port=port).start()
+        yield LiveServer(settings, port, app=app)
+    finally:
+        await runner.cleanup()
+
+
+def spawn_server(settings: Settings, *, workers: int = 1, extra_env: dict[str, str] | None = None,
+                 nofile: int | None = None, command: str = "serve") -> LiveServer:
+    """A separate `livesale serve` (or `demo`) process on the given settings' Redis and SQL (with its
+    soft RLIMIT_NOFILE lowered to `nofile` when given)."""
     port = free_port()
     env = dict(os.environ)
     env.update(
@@ -81,8 +101,9 @@ def spawn_server(settings: Settings, *, workers: int = 1, extra_env: dict[str, s
     log_path = settings.data_dir / f"server-{port}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "live.cli", "serve", "--port", str(port), "--workers", str(workers)],
+            [sys.executable, "-m", "live.cli", command, "--port", str(port), "--workers", str(workers)],
             env=env, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=None if nofile is None else functools.partial(_lower_nofile, nofile),  # noqa: PLW1509
         )
     srv = LiveServer(settings, port, proc=proc)
     deadline = time.monotonic() + 20
@@ -99,6 +120,10 @@ def spawn_server(settings: Settings, *, workers: int = 1, extra_env: dict[str, s
             time.sleep(0.1)
     stop_server(srv)
     raise RuntimeError("server did not become ready")
+
+
+def _lower_nofile(soft: int) -> None:  # pragma: no cover - runs in the child between fork and exec
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
 
 def stop_server(srv: LiveServer, sig: int = signal.SIGTERM) -> None:
@@ -175,3 +200,16 @@ async def wait_for(pred: Any, timeout: float = 5.0, interval: float = 0.05) -> A
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+    """Whether the server closes the connection (EOF, or a reset) within `seconds`."""
+    try:
+        async with asyncio.timeout(seconds):
+            while await reader.read(65536):
+                pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        pass
+    return True

@@ -18,7 +18,7 @@ from livesale.embedded_redis import free_port
 from livesale.fasthttp import FastSite
 from livesale.web import Runner
 from tests import test_fasthttp as base
-from tests.helpers import Api, LiveServer, wait_for
+from tests.helpers import Api, LiveServer, closed_within, wait_for
 from tests.test_fasthttp import (
     Pair,
     _one_answer_or_close,
@@ -32,18 +32,6 @@ from tests.test_fasthttp import (
 pair, api = base.pair, base.api  # the fixtures of test_fasthttp: one app on a fast and an aiohttp socket
 
 Raw = Callable[[str, str, str], bytes]  # (sale id, token, idempotency key) -> request
-
-
-async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
-    """Whether the server closes the connection (EOF, or a reset) within `seconds`."""
-    try:
-        while await asyncio.wait_for(reader.read(65536), seconds):
-            pass
-    except TimeoutError:
-        return False
-    except ConnectionError:
-        pass
-    return True
 
 
 _MANY = b"".join(b"X-H%d: v\r\n" % i for i in range(130))
@@ -96,7 +84,7 @@ async def test_proxy_connection_close_is_honoured(pair: Pair, api: Api) -> None:
             writer.write(purchase(s["sale_id"], srv.token(f"u{srv.port}"), "k", extra=b"Proxy-Connection: close\r\n"))
             resp = await read_response(reader)
             assert (resp.status, resp.header(b"Connection")) == (201, b"close"), srv.port
-            assert await _closed_within(reader, 2), srv.port
+            assert await closed_within(reader, 2), srv.port
 
 
 async def test_authorization_decoded_as_aiohttp_does(pair: Pair, api: Api) -> None:
@@ -141,7 +129,7 @@ async def test_half_closed_mid_request_is_closed(pair: Pair, api: Api, name: str
         async with connect(srv) as (reader, writer):
             writer.write(raw_of(s["sale_id"], srv.token(f"u{srv.port}")))
             writer.write_eof()
-            assert await _closed_within(reader, 2), (name, srv.port)
+            assert await closed_within(reader, 2), (name, srv.port)
 
 
 async def test_half_closed_after_hand_off_is_closed(pair: Pair, api: Api) -> None:
@@ -154,7 +142,7 @@ async def test_half_closed_after_hand_off_is_closed(pair: Pair, api: Api) -> Non
         writer.write(purchase(s["sale_id"], pair.fast.token("h"), "k") + get)
         writer.write_eof()
         assert (await read_response(reader)).status == 201
-        assert await _closed_within(reader, 2)
+        assert await closed_within(reader, 2)
 
 
 async def test_keepalive_timeout_is_aiohttps(settings: Settings) -> None:
@@ -170,7 +158,7 @@ async def test_keepalive_timeout_is_aiohttps(settings: Settings) -> None:
         await web.TCPSite(runner, "127.0.0.1", aio_port).start()
         for port in (aio_port, fast_port):
             async with connect(LiveServer(settings, port)) as (reader, _writer):
-                assert await _closed_within(reader, 4), port
+                assert await closed_within(reader, 4), port
     finally:
         await runner.cleanup()
 
