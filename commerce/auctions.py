@@ -212,7 +212,8 @@ class Auctions:
         created = int(now.timestamp() * 1000)
         async with self.svc.db.begin() as conn:
             await conn.execute(auctions_table.insert().values(
-                id=auction_id, stream_id=stream_id, sku=spec["sku"], starting_bid_cents=spec["starting_bid_cents"],
+                id=auction_id, stream_id=stream_id, sku=spec["sku"], currency=product["currency"],
+                starting_bid_cents=spec["starting_bid_cents"],
                 reserve_cents=spec["reserve_cents"], duration_s=spec["duration_s"],
                 sudden_death=spec["sudden_death"], hold_s=spec["hold_s"], status="scheduled", created_at=now,
             ))

@@ -408,3 +408,25 @@ async def test_bids_racing_the_close_are_refused_after_it(api: Api, redis_url: s
     assert events[-1]["type"] == "auction" and events[-1]["status"] == "sold"
     assert sorted(b["price_cents"] for b in ok)[-len(bids):] == [e["price_cents"] for e in bids]
     assert view["price_cents"] == bids[-1]["price_cents"] and view["winner"] == bids[-1]["leader"]
+
+
+async def test_listed_on_the_stream_and_in_my_orders(server: LiveServer, api: Api) -> None:
+    """GET /api/streams/{id}/sales lists the stream's auctions under `auctions` (oldest first, no
+    maximum), and the winner's GET /api/me/orders has the win as kind `auction`, live status from Redis."""
+    assert server.app is not None
+    a = await setup_auction(api, duration_s=3600)
+    await place(api, a["id"], "ann", 4321, "k")
+    ends = int(await server.app[SERVICES].redis.hget(keys.auction(a["stream_id"], a["id"]), "ends_at"))
+    c = await server.app[AUCTIONS].settle(a["id"], ends)
+    assert c is not None and c.status == "sold"
+    st, listing = await api.call("GET", f"/api/streams/{a['stream_id']}/sales")
+    assert st == 200 and [x["id"] for x in listing["auctions"]] == [a["id"]]
+    assert listing["auctions"][0]["winner"] == "ann" and "4321" not in orjson.dumps(listing).decode()
+
+    async def listed() -> Any:
+        st, mine = await api.call("GET", "/api/me/orders", token=api.server.token("ann"))
+        return mine["orders"] if st == 200 and mine["orders"] else None
+
+    orders = await wait_for(listed, timeout=10)
+    assert [(o["kind"], o["id"], o["auction"], o["stream_id"], o["status"], o["amount_cents"]) for o in orders] \
+        == [("auction", c.order, a["id"], a["stream_id"], "reserved", 1000)]
