@@ -25,6 +25,7 @@ from livesale.config import Settings
 from livesale.db import make_engine
 from livesale.services import SERVICES
 from tests.helpers import Api, LiveServer, spawn_server, stop_server, wait_for
+from tests.test_realtime_ws import collect, of_type, viewer
 
 
 async def setup_auction(api: Api, *, start: bool = True, host: str = "host1", **spec: Any) -> dict[str, Any]:
@@ -430,3 +431,21 @@ async def test_listed_on_the_stream_and_in_my_orders(server: LiveServer, api: Ap
     orders = await wait_for(listed, timeout=10)
     assert [(o["kind"], o["id"], o["auction"], o["stream_id"], o["status"], o["amount_cents"]) for o in orders] \
         == [("auction", c.order, a["id"], a["stream_id"], "reserved", 1000)]
+
+
+async def test_viewers_see_every_price_change_live_and_on_resume(api: Api) -> None:
+    """A viewer on the stream's WebSocket gets each accepted bid as a `bid` event (the contract's fields,
+    no maximum) in the order of the answers; one that reconnects with since= gets the ones it missed,
+    in order, with the same seqs."""
+    a = await setup_auction(api)
+    aid, sid = a["id"], a["stream_id"]
+    async with viewer(api.server, sid, "watcher") as (ws, first):
+        assert first[0]["type"] == "snapshot"
+        answers = [await place(api, aid, u, m, "k") for u, m in (("ann", 5000), ("ben", 3000), ("cat", 9999))]
+        live = of_type(await collect(ws, lambda ev: len(of_type(ev, "bid")) == 3), "bid")
+    assert [e["price_cents"] for e in live] == [b["price_cents"] for _, b in answers] == [1000, 3200, 5300]
+    assert [e["leader"] for e in live] == ["ann", "ann", "cat"]
+    assert set(live[0]) == {"type", "auction", "price_cents", "leader", "ends_at", "bids", "ts", "seq"}
+    async with viewer(api.server, sid, "late", since=live[0]["seq"]) as (_ws, replay):
+        assert [(e["price_cents"], e["seq"]) for e in of_type(replay, "bid")] == \
+            [(e["price_cents"], e["seq"]) for e in live[1:]]
