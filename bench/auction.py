@@ -119,14 +119,15 @@ def main() -> int:
                 aid = next(ids)
                 srv = make(ph).start()
                 servers.append(srv)
-                assert srv.proc is not None
-                s0 = cpu_seconds(srv.proc.pid)
+                assert srv.proc is not None and redis_srv.proc is not None
+                s0, r0 = cpu_seconds(srv.proc.pid), cpu_seconds(redis_srv.proc.pid)
                 w = run_wrk(wrk, srv.url, f"/api/auctions/{aid}/bids", tokens, args, f"{ph}{rnd}", gen_core,
                             mode="bid")
                 dur = w["duration_us"] / 1e6
                 res = Result(ph, attempts=w["requests"], duration_s=dur, p50_ms=w["p50_us"] / 1000,
                              p99_ms=w["p99_us"] / 1000, socket_errors=sum(w["errors"].values()),
-                             server_cpu=(cpu_seconds(srv.proc.pid) - s0) / dur)
+                             server_cpu=(cpu_seconds(srv.proc.pid) - s0) / dur,
+                             redis_cpu=(cpu_seconds(redis_srv.proc.pid) - r0) / dur)
                 for part in w["statuses"]:
                     for code, n in part.items():
                         res.statuses[int(code)] = res.statuses.get(int(code), 0) + n
@@ -135,7 +136,7 @@ def main() -> int:
                 bad += not res.checks["ok"]
                 results[ph].append(res)
                 log(f"round {rnd + 1} {ph}: {res.rate:,.0f} bids/s, p50 {res.p50_ms:.1f} ms, p99 {res.p99_ms:.1f} ms, "
-                    f"server CPU {res.server_cpu:.2f}, statuses {dict(sorted(res.statuses.items()))}, checks {res.checks}")
+                    f"CPU server {res.server_cpu:.2f} redis {res.redis_cpu:.2f}, statuses {dict(sorted(res.statuses.items()))}, checks {res.checks}")
         med = {ph: (statistics.median(x.rate for x in rs), statistics.median(x.p99_ms for x in rs))
                for ph, rs in results.items()}
         print(f"auction bids: {args.attempts} attempts by {args.users} users over {args.connections} connections, "
