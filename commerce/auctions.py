@@ -140,6 +140,18 @@ def auction_view(auction_id: str, values: Sequence[bytes | None], now: int, *, f
     return view
 
 
+async def list_for_stream(svc: Services, stream_id: str) -> list[dict[str, Any]]:
+    """The stream's auctions, oldest first (`GET /api/streams/{id}/sales` key `auctions`, snapshots)."""
+    ids = [i.decode() for i in await svc.redis.zrange(keys.stream_auctions(stream_id), 0, -1)]
+    if not ids:
+        return []
+    pipe = svc.redis.pipeline(transaction=False)
+    for auction_id in ids:
+        pipe.hmget(keys.auction(stream_id, auction_id), *_FIELDS)
+    now = now_ms()
+    return [auction_view(i, v, now) for i, v in zip(ids, await pipe.execute(), strict=True) if v[0] is not None]
+
+
 @dataclass(slots=True)
 class Closed:
     """Where one auction stands after a close attempt."""
@@ -194,15 +206,6 @@ class Auctions:
         if values[0] is None:
             raise NotFound(f"no auction {auction_id!r}")
         return auction_view(auction_id, values, now_ms(), for_host=for_host)
-
-    async def list_for_stream(self, stream_id: str) -> list[dict[str, Any]]:
-        """The stream's auctions, oldest first (for `GET /api/streams/{id}/sales`, key `auctions`)."""
-        ids = [i.decode() for i in await self.svc.redis.zrange(keys.stream_auctions(stream_id), 0, -1)]
-        pipe = self.svc.redis.pipeline(transaction=False)
-        for auction_id in ids:
-            pipe.hmget(keys.auction(stream_id, auction_id), *_FIELDS)
-        now = now_ms()
-        return [auction_view(i, v, now) for i, v in zip(ids, await pipe.execute(), strict=True) if v[0] is not None]
 
     # --- lifecycle -----------------------------------------------------------------------------
 

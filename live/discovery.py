@@ -17,9 +17,8 @@ import sqlalchemy as sa
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from commerce import groupbuys
+from commerce import auctions, groupbuys
 from commerce import keys as commerce_keys
-from commerce.auctions import AUCTIONS
 from commerce.sales import sale_view
 from commerce.schema import auctions as auctions_table
 from commerce.schema import group_orders
@@ -159,7 +158,7 @@ async def stream_sales(request: web.Request) -> web.Response:
             pipe.hgetall(commerce_keys.sale(sale_id))
         hashes = await pipe.execute() if ids else []
         gbs = await groupbuys.list_for_stream(svc, stream_id)
-        aucs = await request.app[AUCTIONS].list_for_stream(stream_id)
+        aucs = await auctions.list_for_stream(svc, stream_id)
     return json_response({"sales": [sale_view(i, h) for i, h in zip(ids, hashes, strict=True) if h],
                           "auctions": aucs, "groupbuys": gbs})
 

@@ -442,13 +442,14 @@ async def test_listed_on_the_stream_and_in_my_orders(server: LiveServer, api: Ap
 
 
 async def test_viewers_see_every_price_change_live_and_on_resume(api: Api) -> None:
-    """A viewer on the stream's WebSocket gets each accepted bid as a `bid` event (the contract's fields,
-    no maximum) in the order of the answers; one that reconnects with since= gets the ones it missed,
-    in order, with the same seqs."""
+    """A viewer on the stream's WebSocket finds the auction in its snapshot, gets each accepted bid as
+    a `bid` event (the contract's fields, no maximum) in the order of the answers; one that reconnects
+    with since= gets the ones it missed, in order, with the same seqs."""
     a = await setup_auction(api)
     aid, sid = a["id"], a["stream_id"]
     async with viewer(api.server, sid, "watcher") as (ws, first):
         assert first[0]["type"] == "snapshot"
+        assert [(x["id"], x["status"]) for x in first[0]["auctions"]] == [(aid, "active")]  # who joins sees it
         answers = [await place(api, aid, u, m, "k") for u, m in (("ann", 5000), ("ben", 3000), ("cat", 9999))]
         live = of_type(await collect(ws, lambda ev: len(of_type(ev, "bid")) == 3), "bid")
     assert [e["price_cents"] for e in live] == [b["price_cents"] for _, b in answers] == [1000, 3200, 5300]
