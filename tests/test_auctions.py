@@ -9,7 +9,9 @@ import random
 import signal
 import time
 from collections import Counter
+from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,8 +27,9 @@ from commerce.schema import orders as orders_table
 from livesale.bus import log_key
 from livesale.config import Settings
 from livesale.db import make_engine
+from livesale.embedded_redis import EmbeddedRedis
 from livesale.services import SERVICES
-from tests.helpers import Api, LiveServer, spawn_server, stop_server, wait_for
+from tests.helpers import Api, LiveServer, spawn_server, start_app_server, stop_server, wait_for
 from tests.test_realtime_ws import collect, of_type, viewer
 
 
@@ -458,3 +461,31 @@ async def test_viewers_see_every_price_change_live_and_on_resume(api: Api) -> No
     async with viewer(api.server, sid, "late", since=live[0]["seq"]) as (_ws, replay):
         assert [(e["price_cents"], e["seq"]) for e in of_type(replay, "bid")] == \
             [(e["price_cents"], e["seq"]) for e in live[1:]]
+
+
+async def test_redis_down_bids_answer_503_then_resume(settings: Settings, tmp_path: Path) -> None:
+    """With Redis stopped a bid is 503 `unavailable` with Retry-After (never a guess); after Redis is
+    back (AOF), the same key bids as if the 503 never happened, and earlier bids are all still there."""
+    own = EmbeddedRedis(tmp_path / "own-redis").start()
+    try:
+        async with start_app_server(replace(settings, redis_url=own.url)) as srv, Api(srv) as api:
+            a = await setup_auction(api)
+            assert (await place(api, a["id"], "ann", 5000, "k"))[0] == 201
+            own.stop()
+            async with api.session.post(f"{srv.url}/api/auctions/{a['id']}/bids", json={"max_cents": 3000},
+                                        headers={"Authorization": f"Bearer {srv.token('ben')}",
+                                                 "Idempotency-Key": "k"}) as resp:
+                assert resp.status == 503 and (await resp.json())["error"] == "unavailable"
+                assert resp.headers.get("Retry-After")
+            own.restart()
+
+            async def answered() -> Any:
+                st, b = await place(api, a["id"], "ben", 3000, "k")
+                return (st, b) if st != 503 else None
+
+            assert await wait_for(answered, timeout=10) == (201, {"status": "outbid", "price_cents": 3200,
+                                                                  "ends_at": a["auction"]["ends_at"]})
+            st, v = await api.call("GET", f"/api/auctions/{a['id']}")
+            assert (v["leader"], v["price_cents"], v["bids"]) == ("ann", 3200, 2)
+    finally:
+        own.stop()
