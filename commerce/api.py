@@ -84,7 +84,9 @@ async def create_auction(request: web.Request) -> web.Response:
 async def start_auction(request: web.Request) -> web.Response:
     svc, auc = request.app[SERVICES], request.app[AUCTIONS]
     info = await auc.info(request.match_info["id"])
-    await _stream_owner(svc, request, info.stream)
+    stream = await _stream_owner(svc, request, info.stream)
+    if stream["status"] == "ended":
+        raise Conflict("the stream has ended", code=ErrorCode.INVALID_STATE)
     return json_response(await auc.start(info.id))
 
 

@@ -174,6 +174,12 @@ async def test_bad_input_gets_documented_errors_and_changes_nothing(api: Api, re
         assert st == 403
         st, err = await api.call("POST", f"/api/auctions/{aid}/start", token=a["host_token"])
         assert (st, err["error"]) == (409, "invalid_state")
+        st, err = await api.call("POST", f"/api/auctions/{sched['id']}/start", token=api.server.token("intruder", "host"))
+        assert st == 403
+        st, _ = await api.call("POST", f"/api/streams/{sched['stream_id']}/end", token=sched["host_token"])
+        assert st == 200
+        st, err = await api.call("POST", f"/api/auctions/{sched['id']}/start", token=sched["host_token"])
+        assert (st, err["error"]) == (409, "invalid_state")  # the stream has ended
     finally:
         await r.aclose()
     st, _ = await api.call("GET", "/healthz")

@@ -3,6 +3,7 @@ winner, and the verifier passes it, and fails an auction whose state was tampere
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -10,6 +11,7 @@ import redis.asyncio as aioredis
 from commerce import keys
 from livesale.config import Settings
 from load import auction as load_auction
+from load import verify
 from load.report import count
 from tests.helpers import Api
 from tests.test_auctions import setup_auction, wait_sold
@@ -30,6 +32,9 @@ async def test_bidder_swarm_then_verifier(api: Api, settings: Settings) -> None:
     assert rep.ok, rep.text()
     assert (rep.winner, rep.price_cents, rep.order) == (view["winner"], view["price_cents"], view["order"])
     assert rep.accepted_bids == view["bids"] > 10
+    cli = ["--auction", a["id"], "--redis-url", settings.redis_url or "", "--database-url", settings.database_url or ""]
+    assert await asyncio.to_thread(verify.main, cli) == 0  # `livesale verify --auction`
+    assert await asyncio.to_thread(verify.main, [*cli[:1], "au000000000000", *cli[2:]]) == 2
     r = aioredis.Redis.from_url(settings.redis_url or "")
     try:
         await r.hincrby(keys.auction(a["stream_id"], a["id"]), "leader_max", 1)
