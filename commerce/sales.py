@@ -41,17 +41,24 @@ def parse_time(value: Any) -> int:
     return int(dt.timestamp() * 1000)
 
 
-def validate_sale(body: dict[str, Any]) -> dict[str, Any]:
+def validate_fields(body: dict[str, Any], limits: dict[str, tuple[int, int]],
+                    defaults: dict[str, int] | None = None) -> dict[str, Any]:
+    """`sku` and the integer fields of a new sale or auction, each within its (low, high) limits."""
     out: dict[str, Any] = {}
     sku = body.get("sku")
     if not isinstance(sku, str) or not sku:
         raise Unprocessable("sku must be a non-empty string")
     out["sku"] = sku
-    for name, (lo, hi) in LIMITS.items():
-        v = body.get(name)
+    for name, (lo, hi) in limits.items():
+        v = body.get(name, (defaults or {}).get(name))
         if type(v) is not int or not lo <= v <= hi:
             raise Unprocessable(f"{name} must be an integer from {lo} to {hi}")
         out[name] = v
+    return out
+
+
+def validate_sale(body: dict[str, Any]) -> dict[str, Any]:
+    out = validate_fields(body, LIMITS)
     out["starts_at"] = parse_time(body["starts_at"]) if body.get("starts_at") is not None else 0
     return out
 
