@@ -48,6 +48,19 @@ def test_tally_counts_views_identities_and_watch_time() -> None:
     assert identity("bob") == "u:bob" and identity(None) != identity(None)
 
 
+def test_watch_time_accrues_only_while_live() -> None:
+    """Time in a scheduled stream's waiting room or on an ended stream's page is not watch time."""
+    t = Tally(0.0, live=False)
+    t.join("u:a", 0.0)
+    t.set_live(True, 10.0)
+    t.set_live(True, 12.0)  # no change
+    t.join("u:b", 14.0)
+    t.set_live(False, 20.0)
+    assert t.take(30.0).watch_ms == 10_000 + 6_000
+    t.set_live(True, 40.0)
+    assert t.take(41.0).watch_ms == 2_000
+
+
 def test_compose_follows_the_definitions() -> None:
     """conversion, GPM, the watch-time cap, buyers across sales and the per-minute series."""
     start = 60_000 * 1000
