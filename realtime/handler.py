@@ -78,10 +78,10 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     try:
         try:
             # Before joining: a room for a made-up id would SUBSCRIBE and report viewers to Redis.
-            host = await svc.redis.hget(meta_key(stream_id), "host")  # type: ignore[misc]
+            host, status = await svc.redis.hmget(meta_key(stream_id), "host", "status")  # type: ignore[misc]
             if host is None:
                 return await _reject(ws, CloseCode.NO_SUCH_STREAM, "no such stream")
-            await hub.join(conn, counted=user is None or user.id != host.decode())
+            await hub.join(conn, counted=user is None or user.id != host.decode(), live=status == b"live")
             async with hub.connecting:  # a reconnect storm must not take every Redis connection at once
                 found = await _first_frames(hub, conn, _since(request.query.get("since")))
         except (*REDIS_DOWN, TimeoutError):
