@@ -394,10 +394,8 @@ class GroupSweeper:
         charge = await self.provider.lookup(oid, method.decode())
         if charge is not None and charge.ok:
             c: Any = await gbm.CONFIRM(self.svc.redis, ks, [oid, charge.id, price])
-            if int(c[0]) == 0:
+            if int(c[0]) == 0:  # (a group it fills is marked due by the confirm itself)
                 await _best_effort("charge", _close_payment(self.svc.db, oid, "charge", "done", charge.id))
-                if int(c[2]) >= int(c[4]):
-                    await self.svc.redis.zadd(ks[5], {c[1].decode(): 0})
         else:
             # No charge (or a declined one): release. A charge its request makes after this is
             # refunded by that request (confirm refuses), or by reconcile_charges if it died.
