@@ -325,7 +325,8 @@ async def test_end_closes_open_groups(api: Api, redis: aioredis.Redis) -> None:
 
 
 async def test_refs_are_recorded_per_member(api: Api, server: LiveServer) -> None:
-    """A joiner's `ref` (the sharer) is kept on their order and in SQL; a self-referral is dropped."""
+    """A joiner's `ref` (the sharer) is kept on their order and in SQL; a self-referral is dropped; the
+    order is the member's alone and cannot be paid or cancelled apart from its group (409)."""
     s = await setup_groupbuy(api)
     st, lead = await open_group(api, s["gb_id"], "alice", ref="alice")
     st, b = await join_group(api, lead["group"], "bob", ref="alice")
@@ -334,6 +335,13 @@ async def test_refs_are_recorded_per_member(api: Api, server: LiveServer) -> Non
     assert o["ref"] == "alice"
     st, o = await api.call("GET", f"/api/orders/{b['member']}", token=api.server.token("alice"))
     assert st == 404  # another user's order is not revealed
+    for action in ("pay", "cancel"):
+        st, err = await api.call("POST", f"/api/orders/{b['member']}/{action}", token=api.server.token("bob"),
+                                 json={"payment_method": "pm_card_visa"})
+        assert st == 409 and err["error"] == "order_not_pending" and err["status"] == "joined"
+        st, _ = await api.call("POST", f"/api/orders/{b['member']}/{action}", token=api.server.token("alice"),
+                               json={"payment_method": "pm_card_visa"})
+        assert st == 404
     st, o = await api.call("GET", f"/api/orders/{lead['member']}", token=api.server.token("alice"))
     assert o["ref"] is None
     assert server.app is not None
