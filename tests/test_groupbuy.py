@@ -429,3 +429,37 @@ async def test_stream_end_ends_its_groupbuys(api: Api) -> None:
     await wait_for(closed, timeout=10)
     st, err = await open_group(api, s["gb_id"], "late")
     assert st == 409 and err["error"] == "groupbuy_not_active"
+
+
+async def test_the_worked_example_of_the_docs(api: Api, redis: aioredis.Redis) -> None:
+    """docs/groupbuy.md's worked example, step by step: the units and money of each row of its table."""
+    s = await setup_groupbuy(api, stock=10)
+
+    async def row(available: int, in_groups: int, sold: int) -> None:
+        gb = await units(api, s["gb_id"])
+        assert (gb["available"], gb["in_groups"], gb["sold"]) == (available, in_groups, sold)
+    st, ann = await open_group(api, s["gb_id"], "ann")
+    gid = ann["group"]
+    st, g = await api.call("GET", f"/api/groups/{gid}")
+    assert (g["members"], g["price_cents"], g["next_tier"]) == (1, 900, {"size": 2, "price_cents": 900})
+    await row(9, 1, 0)
+    st, _ = await join_group(api, gid, "ben", method="pm_card_chargeDeclined")
+    assert st == 402
+    await row(9, 1, 0)
+    st, ben = await join_group(api, gid, "ben", ref="ann")
+    assert st == 201 and ben["charged_cents"] == 900
+    await row(8, 2, 0)
+    st, cat = await join_group(api, gid, "cat")
+    st, g = await api.call("GET", f"/api/groups/{gid}")
+    assert (g["members"], g["price_cents"], g["next_tier"]) == (3, 800, {"size": 5, "price_cents": 700})
+    await row(7, 3, 0)
+    await expire_now(redis, gid)
+    members = {"ann": ann["member"], "ben": ben["member"], "cat": cat["member"]}
+
+    async def settled() -> bool:
+        return all(m == (1, 900, 100) for m in (await money(redis, list(members.values()))).values())
+    await wait_for(settled, timeout=10)
+    await row(7, 0, 3)
+    for user, oid in members.items():
+        st, o = await api.call("GET", f"/api/orders/{oid}", token=api.server.token(user))
+        assert (o["status"], o["amount_cents"], o["charged_cents"], o["refunded_cents"]) == ("paid", 800, 900, 100)
