@@ -432,7 +432,8 @@ async def test_stream_end_ends_its_groupbuys(api: Api) -> None:
 
 
 async def test_the_worked_example_of_the_docs(api: Api, redis: aioredis.Redis) -> None:
-    """docs/groupbuy.md's worked example, step by step: the units and money of each row of its table."""
+    """docs/groupbuy.md's worked example, step by step: the units and money of each row of its table,
+    and the group-buy metrics it moves."""
     s = await setup_groupbuy(api, stock=10)
 
     async def row(available: int, in_groups: int, sold: int) -> None:
@@ -463,3 +464,8 @@ async def test_the_worked_example_of_the_docs(api: Api, redis: aioredis.Redis) -
     for user, oid in members.items():
         st, o = await api.call("GET", f"/api/orders/{oid}", token=api.server.token(user))
         assert (o["status"], o["amount_cents"], o["charged_cents"], o["refunded_cents"]) == ("paid", 800, 900, 100)
+    async with api.session.get(api.server.url + "/metrics") as r:
+        metrics = await r.text()
+    for line in ('livesale_group_joins_total{outcome="declined"}', 'livesale_groups_closed_total{status="succeeded"}',
+                 'livesale_group_refunds_total{kind="difference"}'):
+        assert line in metrics
