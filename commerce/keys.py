@@ -57,6 +57,40 @@ def sale_of_order(order_id: str) -> str:
 # The built-in TestProvider's own records, shared by every process (Stripe keeps charges server-side).
 TEST_CHARGES = "{testpay}:charges"  # hash: <idempotency key>:<method> -> charge id, ok flag, decline code
 TEST_REFUNDED = "{testpay}:refunded"  # set of refunded charge ids
+
+
+# Auctions (docs/auctions.md). An auction's bid state is tagged with its stream, `{stream:ID}`: a bid
+# and its `bid` stream-log event (the stream's seq and log keys) are one script, so on Redis Cluster
+# they must share a slot. The winner's order lives in sale-shaped keys `{sale:<auction id>}` (the
+# functions above), so pay, cancel, expiry, the order writer and the reconciler serve it unchanged.
+AUCTIONS = "commerce:auctions"  # hash: auction id -> stream id
+OPEN_AUCTIONS = "commerce:auctions:open"  # set of auction ids the sweeper still closes or announces
+
+
+def auction(stream_id: str, auction_id: str) -> str:
+    """Hash: the auction's settings and bid state (status price leader leader_max ends_at bids ...)."""
+    return f"{{stream:{stream_id}}}:auction:{auction_id}"
+
+
+def auction_idem(stream_id: str, auction_id: str) -> str:
+    """Hash: user id NUL idempotency key -> the accepted bid's answer (max:code:price:ends_at)."""
+    return f"{{stream:{stream_id}}}:auction:{auction_id}:idem"
+
+
+def stream_auctions(stream_id: str) -> str:
+    """Sorted set of the auction ids opened on a stream, scored by creation time (ms)."""
+    return f"{{stream:{stream_id}}}:auctions"
+
+
+def is_auction(sale_id: str) -> bool:
+    """Whether sale-shaped keys hold an auction's winning order (auction ids start `au`)."""
+    return sale_id.startswith("au")
+
+
+def auction_order(auction_id: str, token: str) -> str:
+    """The winner's order id, chosen when the auction is created: `<auction id>.<16 hex>`, the same
+    shape as a sale's orders (sale_of_order finds its keys)."""
+    return f"{auction_id}.{token}"
 TEST_REFUNDS = "{testpay}:refunds"  # hash: refund idempotency key -> charge id:cents (-1: all of it)
 TEST_REFUND_LOG = "{testpay}:refund_log"  # list: each refund that moved money, charge id:cents:key
 

@@ -68,6 +68,28 @@ payment_attempts = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, index=True),
 )
 
+# Auctions (docs/auctions.md): the record of each auction and how it ended. The winner's order is a
+# row of `orders` (sale_id = the auction id), written by the order writer like any other.
+auctions = sa.Table(
+    "auctions",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("stream_id", sa.String(40), nullable=False, index=True),
+    sa.Column("sku", sa.String(64), nullable=False),
+    sa.Column("starting_bid_cents", sa.BigInteger, nullable=False),
+    sa.Column("reserve_cents", sa.BigInteger, nullable=False),
+    sa.Column("duration_s", sa.Integer, nullable=False),
+    sa.Column("sudden_death", sa.Boolean, nullable=False),
+    sa.Column("hold_s", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # scheduled | active | sold | unsold
+    sa.Column("price_cents", sa.BigInteger),
+    sa.Column("bids", sa.Integer),
+    sa.Column("winner", sa.String(128)),
+    sa.Column("order_id", sa.String(64)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("closed_at", sa.DateTime(timezone=True)),
+)
+
 # Group-buys (docs/groupbuy.md). Hot state lives in Redis (commerce/keys.py); these are the record.
 groupbuys = sa.Table(
     "groupbuys",

@@ -69,10 +69,15 @@ async def seed_on_startup(app: web.Application) -> None:
         gb = await groupbuys.create_groupbuy(svc, stream_id, spec, await catalog.get_product(svc, "DEMO-MUG"))
     s = svc.settings
     base = f"http://{s.host}:{s.port}"
-    viewer = mint(s.secret, "alice", "viewer", 86400)
-    hosttok = mint(s.secret, host, "host", 86400)
+    ttl = min(86400, s.jwt_max_lifetime_s or 86400)  # docs/auth.md: no token outlives the maximum
+    viewer = mint(s.secret, "alice", "viewer", ttl)
+    hosttok = mint(s.secret, host, "host", ttl)
     print(f"""
 livesale demo is up on {base}
+  landing:       {base}/
+  viewer page:   {base}/s/{stream_id}
+  host console:  {base}/host/{stream_id}   (sign in as {host})
+
   stream {stream_id} (live), flash sale {sale['id']}: {sale['stock']} x {sale['sku']} at $15.00, limit 2 per buyer
 
   viewer token (alice):  export TOKEN={viewer}
