@@ -469,3 +469,36 @@ async def test_the_worked_example_of_the_docs(api: Api, redis: aioredis.Redis) -
     for line in ('livesale_group_joins_total{outcome="declined"}', 'livesale_groups_closed_total{status="succeeded"}',
                  'livesale_group_refunds_total{kind="difference"}'):
         assert line in metrics
+
+
+async def test_bad_input_changes_nothing(api: Api, redis: aioredis.Redis) -> None:
+    """Malformed or unauthorised requests get their 4xx with an error code, and leave the group-buy as
+    it was; the server keeps serving."""
+    s = await setup_groupbuy(api, stock=5)
+    ht, path = s["host_token"], f"/api/streams/{s['stream_id']}/groupbuys"
+    good = {"sku": s["sku"], "stock": 5, "tiers": TIERS, "group_ttl_s": 600}
+    cases = [
+        ("POST", path, ht, b"not json", None, 400),
+        ("POST", path, ht, None, dict(good, sku="NOPE"), 404),
+        ("POST", "/api/streams/st000000000000/groupbuys", ht, None, good, 404),
+        ("POST", path, None, None, good, 401),
+        ("POST", f"/api/groupbuys/{s['gb_id']}/groups", "viewer", None, {"payment_method": "pm_card_visa", "ref": "a b"}, 422),
+        ("POST", f"/api/groupbuys/{s['gb_id']}/groups", "viewer", None, {"payment_method": 7}, 422),
+        ("POST", f"/api/groupbuys/{s['gb_id']}/groups", "viewer", b"[1]", None, 400),
+        ("POST", f"/api/groupbuys/{s['gb_id']}/groups", None, None, {"payment_method": "pm_card_visa"}, 401),
+        ("POST", "/api/groupbuys/gb000000000000/groups", "viewer", None, {"payment_method": "pm_card_visa"}, 404),
+        ("POST", "/api/groups/nope/members", "viewer", None, {"payment_method": "pm_card_visa"}, 404),
+        ("GET", "/api/groups/nope", None, None, None, 404),
+        ("GET", "/api/groupbuys/nope", None, None, None, 404),
+        ("POST", f"/api/groupbuys/{s['gb_id']}/end", "viewer", None, None, 403),
+        ("GET", "/api/orders/gb000000000000.0000000000000000", "viewer", None, None, 404),
+    ]
+    before = await redis.hgetall(keys.groupbuy(s["gb_id"]))
+    for method, p, tok, data, body, want in cases:
+        token = api.server.token("v") if tok == "viewer" else tok
+        st, err = await api.call(method, p, token=token, json=body, data=data, headers={"Idempotency-Key": "k"})
+        assert st == want and isinstance(err, dict) and err["error"] and err["message"], (p, st, err)
+    assert await redis.hgetall(keys.groupbuy(s["gb_id"])) == before
+    assert await redis.smembers(keys.stream_groupbuys(s["stream_id"])) == {s["gb_id"].encode()}
+    st, _ = await open_group(api, s["gb_id"], "v", key="fresh")
+    assert st == 201
