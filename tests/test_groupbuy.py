@@ -502,3 +502,18 @@ async def test_bad_input_changes_nothing(api: Api, redis: aioredis.Redis) -> Non
     assert await redis.smembers(keys.stream_groupbuys(s["stream_id"])) == {s["gb_id"].encode()}
     st, _ = await open_group(api, s["gb_id"], "v", key="fresh")
     assert st == 201
+
+
+async def test_same_key_at_the_same_instant_makes_one_member(api: Api, redis: aioredis.Redis) -> None:
+    """Ten taps with one Idempotency-Key at once, opening and joining: one member each, one 201, the
+    rest 200 with the same member, one charge at the provider, one unit held per member."""
+    s = await setup_groupbuy(api, stock=5)
+    opened = await asyncio.gather(*(open_group(api, s["gb_id"], "tap", key="same") for _ in range(10)))
+    joined = await asyncio.gather(*(join_group(api, opened[0][1]["group"], "tap2", key="same2") for _ in range(10)))
+    for outs in (opened, joined):
+        assert sorted(st for st, _ in outs) == [200] * 9 + [201], outs
+        assert len({b["member"] for _, b in outs}) == 1
+    members = [opened[0][1]["member"], joined[0][1]["member"]]
+    assert (await money(redis, members)) == {m: (1, 900, 0) for m in members}
+    gb = await units(api, s["gb_id"])
+    assert (gb["available"], gb["in_groups"]) == (3, 2)
