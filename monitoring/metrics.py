@@ -87,6 +87,15 @@ ORDERS_CANCELLED = Counter("livesale_orders_cancelled_total", "Orders cancelled 
 PAYMENTS = Counter(
     "livesale_payments_total", "Payment attempts by outcome (paid, declined, refunded, not_pending)", ["outcome"]
 )
+GROUP_JOINS = Counter(
+    "livesale_group_joins_total",
+    "Group-buy joins (and group openings) by outcome: joined, retry, declined, or the refusal's code", ["outcome"]
+)
+GROUPS_CLOSED = Counter("livesale_groups_closed_total", "Group-buy groups closed, by status", ["status"])
+GROUP_REFUNDS = Counter(
+    "livesale_group_refunds_total", "Group-buy refunds made: difference, full (failed group), void (never joined)",
+    ["kind"]
+)
 
 # --- order writer (Redis stream -> SQL)
 WRITER_PENDING = Gauge(
