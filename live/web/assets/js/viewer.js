@@ -306,7 +306,7 @@ async function startVideo() {
   } catch (e) {
     player = null;
     if (e.code === 'no_publisher') {
-      showPoster(state.status === 'scheduled' ? 'The show starts soon' : 'Waiting for the host\'s camera');
+      showPoster(idlePosterText());
       // With the stream's `video` field known, the `video` event says when to try again.
       if (state.video == null) playTimer = setTimeout(startVideo, Math.max(2, e.retryAfter || 5) * 1000);
     } else if (e.status === 404 || e.status === 405) {
@@ -354,7 +354,12 @@ function onVideo(status) {
   state.video = status;
   if (status === 'live') startVideo();
   else if (player) stopVideo(state.status === 'ended' ? 'This stream has ended' : 'The host\'s camera is off');
-  else showPoster(state.status === 'ended' ? 'This stream has ended' : 'Waiting for the host\'s camera');
+  else showPoster(idlePosterText());
+}
+
+function idlePosterText() {
+  if (state.status === 'ended') return 'This stream has ended';
+  return state.status === 'scheduled' ? 'The show starts soon' : 'Waiting for the host\'s camera';
 }
 
 // ---- the live socket -------------------------------------------------------------------------
@@ -406,6 +411,7 @@ const handlers = {
   stream(ev) {
     setStatus(ev.status);
     if (ev.status === 'ended') stopVideo('This stream has ended');
+    else if (!player && !videoUnavailable) showPoster(idlePosterText());
   },
   video(ev) { onVideo(ev.status); },
   error(ev) {
