@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TESTSTAMP := $(VENV)/.installed-test
 
-.PHONY: run test check bench-inventory bench-fanout bench-media soak load install clean promtool chromium
+.PHONY: run test check bench-inventory bench-fanout bench-media soak load load-groupbuy install clean promtool chromium
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -49,6 +49,7 @@ test: $(TESTSTAMP) promtool chromium
 check: $(TESTSTAMP) promtool chromium
 	$(BIN)/ruff check livesale live realtime commerce monitoring load tests bench
 	$(BIN)/mypy livesale live realtime commerce monitoring load
+	$(BIN)/lint-imports --no-cache  # the layering of docs/design.md (.importlinter)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -W error $(PYTEST_ARGS)
 
 # Benchmarks need Debian's wrk as the load generator (installed through apt when missing, as root).
@@ -68,6 +69,10 @@ soak: $(TESTSTAMP)
 
 load: $(TESTSTAMP)
 	$(BIN)/python -m load.show $(LOAD_ARGS)
+
+# A group-buy rush: joins, declines, double taps, closes; the verdict checks units and money (load/README.md).
+load-groupbuy: $(TESTSTAMP)
+	$(BIN)/python -m load.groupbuy $(LOAD_ARGS)
 
 clean:
 	rm -rf .livesale .pytest_cache build *.egg-info

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import sqlalchemy as sa
@@ -40,14 +42,23 @@ def create_app(settings: Settings) -> web.Application:
         redis = connect(settings.redis_url or "", timeout_s=settings.redis_timeout_s)
         engine = make_engine(settings.sql_url)
         await create_tables(engine)
+        auth = Verifier.from_settings(settings)
+        refresher = None
+        if auth.jwks is not None:
+            await auth.jwks.refresh()  # bounded by the fetch timeout; a failure is logged, not fatal
+            refresher = asyncio.create_task(auth.jwks.run())
         app[SERVICES] = Services(
             settings=settings,
             redis=redis,
             db=engine,
-            auth=Verifier(settings.secret),
+            auth=auth,
             bus=Bus(redis, settings.stream_log_maxlen),
         )
         yield
+        if refresher is not None:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
         await redis.aclose()
         await engine.dispose()
 

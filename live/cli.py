@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import io
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -47,6 +48,8 @@ def _worker(settings: Settings, reuse_port: bool, demo: bool, seed: bool) -> Non
     from live.pages import enable_dev_tokens
 
     _install_uvloop()
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a spawned worker does not run main()
+        sys.stdout.reconfigure(line_buffering=True)
     app = create_app(settings)
     if demo:
         enable_dev_tokens(app)  # every worker: the pages' sign-in may land on any of them
@@ -75,9 +78,9 @@ def _worker(settings: Settings, reuse_port: bool, demo: bool, seed: bool) -> Non
 async def _serve(app: web.Application, settings: Settings, reuse_port: bool) -> None:
 
     from live.app import make_site
-    from livesale.web import Runner
+    from livesale.web import Runner, access_log_options
 
-    runner = Runner(app, handle_signals=True, access_log=None, shutdown_timeout=5)
+    runner = Runner(app, handle_signals=True, shutdown_timeout=5, **access_log_options(settings))
     await runner.setup()
     try:
         await make_site(runner, settings, reuse_port=reuse_port).start()
@@ -195,6 +198,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Redirected to a file or a pipe (`make run > demo.log`), stdout would be block-buffered and hold
+    # back what the demo prints until exit; line-buffered, each line is there when it is printed.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if argv and argv[0] == "swarm":
         from load.swarm import main as swarm_main
@@ -209,11 +216,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env(
             host=args.host, port=args.port, workers=args.workers, metrics=not args.no_metrics
         )
+        problems = settings.auth_problems()
+        for problem in problems:
+            print(f"livesale {args.cmd}: {problem}", file=sys.stderr)
+        if problems:
+            return 2
         return serve(settings, demo=args.cmd == "demo")
     if args.cmd == "token":
         from livesale.auth import mint
 
-        print(mint(Settings.from_env().secret, args.user, args.role, args.ttl))
+        settings = Settings.from_env()
+        if settings.jwt_max_lifetime_s and args.ttl > settings.jwt_max_lifetime_s:
+            print(f"livesale token: --ttl {args.ttl} is over LIVESALE_JWT_MAX_LIFETIME_S "
+                  f"({settings.jwt_max_lifetime_s}): the server would refuse the token", file=sys.stderr)
+            return 2
+        print(mint(settings.secret, args.user, args.role, args.ttl))
         return 0
     if args.cmd == "writer":
         from commerce.writer import run_standalone

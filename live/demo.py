@@ -64,8 +64,9 @@ async def seed_on_startup(app: web.Application) -> None:
         sale = await sales.create_sale(svc, stream_id, spec, tee)
     s = svc.settings
     base = f"http://{s.host}:{s.port}"
-    viewer = mint(s.secret, "alice", "viewer", 86400)
-    hosttok = mint(s.secret, host, "host", 86400)
+    ttl = min(86400, s.jwt_max_lifetime_s or 86400)  # docs/auth.md: no token outlives the maximum
+    viewer = mint(s.secret, "alice", "viewer", ttl)
+    hosttok = mint(s.secret, host, "host", ttl)
     print(f"""
 livesale demo is up on {base}
   landing:       {base}/
