@@ -249,6 +249,8 @@ async def test_viewer_resumes_after_a_drop_and_never_shows_stale_stock(settings:
     since=, and it says so."""
     async with start_demo_server(settings) as other, Api(other) as api:
         s = await api.setup_sale(stock=20, per_user_limit=10)
+        # The server is down on purpose: the browser logs each refused reconnect attempt.
+        browser.allow(r"^WebSocket connection to 'ws://127\.0\.0\.1:\d+/ws/streams/\w+\?since=\d+' failed")
         page = await browser.page()
         sockets: list[str] = []
         page.on("websocket", lambda ws: sockets.append(ws.url))

@@ -12,20 +12,26 @@ let gb = {};
 let key = null;
 let joined = false;
 
+function groupLine() {
+  const g = group;
+  const members = Array.isArray(g.members) ? g.members.length : Number(g.members) || 0;
+  const left = timeOf(g.expires_at) ? timeOf(g.expires_at) - now() : 0;
+  const state = g.status === 'open' ? `closes in ${clock(left)}` : g.status;
+  return `${members} of ${g.size || '?'} joined · started by ${g.leader} · ${state}`;
+}
+
 function render(note = '') {
   const g = group;
   const members = Array.isArray(g.members) ? g.members.length : Number(g.members) || 0;
   const tiers = gb.tiers || (g.next_tier ? [g.next_tier] : []);
   const currency = gb.currency || 'USD';
-  const left = timeOf(g.expires_at) ? timeOf(g.expires_at) - now() : 0;
-  const state = g.status === 'open' ? `closes in ${clock(left)}` : g.status;
   box.dataset.status = g.status;
   box.dataset.members = String(members);
   box.replaceChildren(
     h('span', { class: 'tag', text: 'Group buy' }),
     h('h2', { text: gb.title || gb.sku || 'Group' }),
     h('p', { class: 'price-now', text: `${money(g.price_cents, currency)} each` }),
-    h('p', { class: 'muted', text: `${members} of ${g.size || '?'} joined · started by ${g.leader} · ${state}` }),
+    h('p', { class: 'muted group-line', text: groupLine() }),
     tiers.length ? h('ol', { class: 'tier-ladder' }, tiers.map((t) =>
       h('li', { class: members >= t.size ? 'reached' : '' }, h('span', { text: `${t.size} people` }), h('b', { text: money(t.price_cents, currency) })))) : null,
     note ? h('p', { class: 'sale-note reserved', role: 'status', text: note }) : null,
@@ -71,4 +77,8 @@ async function load(note) {
 
 session.mountChip($('#chip'), 'viewer');
 load();
-setInterval(() => { if (group && group.status === 'open') render(); }, 1000);
+// Only the line with the clock moves: rebuilding the card could swallow a tap on Join.
+setInterval(() => {
+  const line = box.querySelector('.group-line');
+  if (line && group && group.status === 'open') line.textContent = groupLine();
+}, 1000);
