@@ -3,6 +3,7 @@ do (docs/pages.md). Skips, saying why, where Playwright or chromium is missing."
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -75,6 +76,33 @@ async def test_viewer_sees_pinned_product_and_stock_falling_when_others_buy(api:
     assert st == 201
     await expect(left).to_have_text("7 left")
     await expect(left).to_have_attribute("data-available", "7")
+
+
+async def test_buy_lands_during_a_rush_and_the_counter_ends_at_the_servers_number(api: Api, browser: Browser) -> None:
+    """While 60 other buyers reserve over the API (stock events several times a second), a tap on Buy
+    still reserves (the button is not redrawn under it), and once the rush is over the page shows exactly
+    the `available` the server reports."""
+    s = await api.setup_sale(stock=100, per_user_limit=1)
+    page = await browser.page()
+    await page.goto(f"{api.server.url}/s/{s['stream_id']}")
+    await sign_in(page, "rita")
+    card = _card(page, s["sale_id"])
+    await expect(card.locator(".left")).to_have_text("100 left")
+
+    async def rush() -> None:
+        for i in range(60):
+            st, _ = await api.reserve(s["sale_id"], f"rush{i}", f"k{i}")
+            assert st == 201
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(rush())
+    await expect(card.locator(".left")).not_to_have_text("100 left")  # the rush has begun
+    await card.locator(".btn.buy").click(delay=150)  # a finger: 150 ms between down and up
+    await expect(card).to_have_attribute("data-phase", "reserved")
+    await task
+    st, sale = await api.call("GET", f"/api/sales/{s['sale_id']}")
+    assert sale["available"] == 39 and sale["held"] == 61
+    await expect(card.locator(".left")).to_have_text("39 left")
 
 
 async def test_comments_cross_browsers_as_text_and_likes_count_up(api: Api, browser: Browser) -> None:
