@@ -491,6 +491,9 @@ async def test_group_buy_started_on_the_viewer_page_fills_through_its_share_link
     assert st == 201, body
     await expect(card.locator(".my-group")).to_have_attribute("data-status", "succeeded")
     await expect(card.locator(".group-status")).to_contain_text("3 people at $15.00 each")
+    await expect(bob.locator("#group")).to_have_attribute("data-status", "succeeded")  # its poll
+    await expect(bob.locator("#group .price-now")).to_have_text("$15.00 each")
+    assert "null" not in await bob.locator("#group").inner_text()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await bob.screenshot(path=str(SCREENSHOTS / "group-phone.png"))
     await amy.screenshot(path=str(SCREENSHOTS / "viewer-phone-groupbuy.png"))
