@@ -52,6 +52,13 @@ export class GroupBuyCard {
 
   update(patch) {
     Object.assign(this.gb, patch);
+    if ('available' in patch) this.stale = false;
+    this.render();
+  }
+
+  // While the live connection is down the units left are not shown as a number (docs/pages.md).
+  setStale(stale) {
+    this.stale = stale;
     this.render();
   }
 
@@ -86,7 +93,7 @@ export class GroupBuyCard {
     const gb = this.gb;
     this.el.dataset.status = gb.status;
     this.titleEl.textContent = gb.title || gb.sku;
-    this.leftEl.textContent = gb.status === 'active' ? `${gb.available} left` : 'ended';
+    this.leftEl.textContent = this.stale ? 'updating…' : gb.status === 'active' ? `${gb.available} left` : 'ended';
     this.leftEl.dataset.available = String(gb.available);
     const reached = this.group ? this.group.members : 0;
     this.tiersEl.replaceChildren(...(gb.tiers || []).map((t) =>

@@ -35,7 +35,13 @@ const extraHandlers = {
     if (card) card.onBid(ev);
   },
   async group(ev) {
-    const card = groupbuys.get(ev.groupbuy) || await addGroupBuy(ev.groupbuy);
+    let card = groupbuys.get(ev.groupbuy);
+    if (card) {
+      // A group moved units (joined, closed, released): the group-buy's own counts changed too.
+      api('GET', `/api/groupbuys/${encodeURIComponent(ev.groupbuy)}`).then((gb) => card.update(gb)).catch(() => {});
+    } else {
+      card = await addGroupBuy(ev.groupbuy);
+    }
     if (card) card.onGroup(ev);
   },
 };
@@ -79,7 +85,7 @@ function retireAuctionLater(card) {
 
 // Auctions and group-buys are not in the snapshot: GET /api/streams/{id}/sales lists them under
 // `auctions` and `groupbuys`.
-async function loadAuctions() {
+async function loadAuctionsAndGroupBuys() {
   try {
     const r = await api('GET', `/api/streams/${encodeURIComponent(streamId)}/sales`);
     const me = (session.current() || {}).user;
@@ -179,6 +185,7 @@ function retireLater(card) {
 
 function markStockStale(stale) {
   for (const card of cards.values()) card.setStale(stale);
+  for (const card of groupbuys.values()) card.setStale(stale);
 }
 
 // After a resume, any sale whose stock did not come in the resume frame is read over HTTP.
@@ -382,9 +389,9 @@ const handlers = {
         cards.delete(id);
       }
     }
-    markStockStale(false);
+    for (const card of cards.values()) card.setStale(false); // group-buys: when their listing is read
     adoptMyOrders();
-    loadAuctions();
+    loadAuctionsAndGroupBuys();
     state.likes = ev.likes || 0;
     renderLikes();
     setViewers(ev.viewers || 0);
@@ -441,6 +448,7 @@ function onStatus(status, info = {}) {
     if (info.resumed) {
       showBanner('Reconnected. Everything is up to date.', 'ok', 2500);
       refreshStaleSales();
+      loadAuctionsAndGroupBuys();
     } else if (els.conn.classList.contains('warn')) {
       els.conn.hidden = true;
     }
