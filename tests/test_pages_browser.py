@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from livesale.config import Settings
+from livesale.services import SERVICES
 from tests.browser import (
     DESKTOP,
     FAKE_MEDIA,
@@ -130,6 +131,25 @@ async def test_comments_cross_browsers_as_text_and_likes_count_up(api: Api, brow
     await expect(alice.locator("#likes")).to_have_attribute("data-count", "7")
     st, view = await api.call("GET", f"/api/streams/{s['stream_id']}")
     assert view["likes"] == 7
+
+
+async def test_earlier_comments_load_above_the_snapshots_fifty(api: Api, browser: Browser) -> None:
+    """With more comments than the snapshot's last 50, "Earlier comments" reads the older ones
+    (GET /api/streams/{id}/comments?before=) and puts them above, oldest first, then goes away."""
+    s = await api.setup_sale()
+    bus = api.server.app[SERVICES].bus  # type: ignore[index]
+    for i in range(57):
+        await bus.publish_log(s["stream_id"], {"type": "comment", "id": f"c{i}", "user": "pat", "text": f"c{i}",
+                                               "ts": 0})
+    page = await browser.page()
+    await page.goto(f"{api.server.url}/s/{s['stream_id']}")
+    texts = page.locator("#comments li.comment .text")
+    await expect(texts).to_have_count(50)
+    await expect(texts.first).to_have_text("c7")
+    await page.click("#earlier")
+    await expect(texts).to_have_count(57)
+    assert await texts.all_inner_texts() == [f"c{i}" for i in range(57)]
+    await expect(page.locator("#earlier")).to_be_hidden()
 
 
 async def test_buyer_reserves_is_declined_pays_and_sees_each_state(api: Api, browser: Browser) -> None:

@@ -233,6 +233,35 @@ function addComments(list, replace = false) {
   box.classList.toggle('empty', box.children.length === 0);
 }
 
+// Older comments than the snapshot's last 50: GET /api/streams/{id}/comments?before=<oldest seq>.
+const RECENT_IN_SNAPSHOT = 50;
+let oldestSeq = null;
+
+function showEarlierButton(recent) {
+  oldestSeq = recent.length ? Math.min(...recent.map((c) => c.seq)) : null;
+  $('#earlier').hidden = !(recent.length >= RECENT_IN_SNAPSHOT && oldestSeq > 1);
+}
+
+$('#earlier').addEventListener('click', async () => {
+  const btn = $('#earlier');
+  btn.disabled = true;
+  try {
+    const r = await api('GET', `/api/streams/${encodeURIComponent(streamId)}/comments?before=${oldestSeq}&limit=50`);
+    const older = r.comments.slice().reverse(); // newest first on the wire
+    const box = els.comments;
+    const height = box.scrollHeight;
+    box.prepend(...older.map(commentEl));
+    box.scrollTop += box.scrollHeight - height; // keep the reader where they were
+    box.classList.toggle('empty', box.children.length === 0);
+    if (older.length) oldestSeq = older[0].seq;
+    btn.hidden = older.length < 50 || oldestSeq <= 1;
+  } catch (e) {
+    toast(e.status === 404 ? 'Earlier comments are not available here.' : e.message, 'error');
+  } finally {
+    btn.disabled = false;
+  }
+});
+
 function deleteComment(id) {
   for (const li of els.comments.querySelectorAll('li.comment')) if (li.dataset.id === id) li.remove();
 }
@@ -396,6 +425,7 @@ const handlers = {
     renderLikes();
     setViewers(ev.viewers || 0);
     addComments(ev.recent || [], true);
+    showEarlierButton(ev.recent || []);
     if (ev.stream.video) onVideo(ev.stream.video);
     else if (!player) startVideo(); // a server that does not say: ask WHEP (404: no media plane)
   },
