@@ -121,6 +121,15 @@ MEDIA_ENCODE = Histogram(
     "livesale_media_encode_seconds", "One frame's encode (one per stream and codec)", ["codec"],
     buckets=LATENCY_BUCKETS,
 )
+# Exported at 0 from the start, so rate() sees the first frame and the dashboard's queries resolve.
+for _kind in ("whip", "whep"):
+    MEDIA_SESSIONS.labels(_kind)
+for _stage in ("received", "encoded", "sent"):
+    MEDIA_FRAMES.labels(_stage)
+for _reason in ("encoder_busy", "viewer_behind"):
+    MEDIA_DROPPED.labels(_reason)
+for _codec in ("H264", "VP8"):
+    MEDIA_ENCODE.labels(_codec)
 
 # --- dependencies
 # --- limits under hostile load (docs/limits.md)

@@ -81,7 +81,7 @@ class LocalBackend(MediaBackend):
 
     async def start(self, svc: Services) -> None:
         if self.config.addresses:
-            ice.check_supported()
+            ice.check_supported(self.config.addresses)
         self._svc = svc
         self._tick = asyncio.create_task(self._keep_claims(), name="media-claims")
 
