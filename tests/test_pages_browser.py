@@ -348,6 +348,7 @@ async def test_screenshots_of_viewer_and_console(api: Api, browser: Browser) -> 
         await host.click("#chip button")
         await host.click("dialog button[type=submit]")
         await expect(host.locator(".host-sale")).to_have_count(1)
+        await expect(host.locator("[data-stat=viewers_now]")).to_have_count(1)
         await host.screenshot(path=str(SCREENSHOTS / f"console-{name}.png"), full_page=True)
         landing = await browser.page(ctx=host_ctx)
         await landing.goto(api.server.url + "/")

@@ -364,7 +364,15 @@ const STAT_TILES = [
   ['conversion', 'conversion', percent], ['gpm_cents', 'per 1000 views', (v) => money(v)], ['avg_watch_s', 'avg watch', (v) => clock(v * 1000)],
 ];
 
+function statsPlaceholder(text) {
+  els.stats.replaceChildren(h('p', { class: 'muted', text }));
+  els.chart.setAttribute('hidden', '');
+  els.chart.nextElementSibling.hidden = true;
+}
+
 function renderStats(st) {
+  els.chart.removeAttribute('hidden');
+  els.chart.nextElementSibling.hidden = false;
   els.stats.replaceChildren(...STAT_TILES.map(([k, label, f]) =>
     h('div', { class: 'stat', dataset: { stat: k } }, h('b', { text: st[k] == null ? '–' : f(st[k]) }), h('span', { text: label }))));
   els.statsNote.textContent = st.provisional ? 'provisional · live' : 'final';
@@ -446,15 +454,15 @@ async function pollStats() {
     } catch (e) {
       if (e.status === 404 || e.status === 405) {
         els.statsNote.textContent = 'not available on this server';
-        els.stats.replaceChildren(h('p', { class: 'muted', text: 'This server does not report stream stats yet.' }));
-        els.chart.setAttribute('hidden', '');
-        els.chart.nextElementSibling.hidden = true;
+        statsPlaceholder('This server does not report stream stats yet.');
         return; // no stats endpoint: stop asking
       }
       els.statsNote.textContent = e.status === 403 ? 'only the host can see these' : 'stats unavailable, retrying';
+      if (e.status === 403) statsPlaceholder(`Only ${state.stream ? state.stream.host : 'the host'} can see this stream's stats.`);
     }
   } else {
-    els.statsNote.textContent = 'sign in to see stats';
+    els.statsNote.textContent = '';
+    statsPlaceholder('Sign in as the host to see live stats.');
   }
   statsTimer = setTimeout(pollStats, STATS_EVERY_MS);
 }
