@@ -192,7 +192,7 @@ async def test_buyer_reserves_is_declined_pays_and_sees_each_state(api: Api, bro
 
 async def test_an_unpaid_hold_expires_on_screen(api: Api, browser: Browser) -> None:
     """A hold left unpaid counts down to zero, then the card says it expired and the unit is back."""
-    s = await api.setup_sale(stock=2, per_user_limit=1, hold_s=2)
+    s = await api.setup_sale(stock=2, per_user_limit=1, hold_s=3)
     page = await browser.page()
     await page.goto(f"{api.server.url}/s/{s['stream_id']}")
     await sign_in(page, "gil")
@@ -318,7 +318,7 @@ async def test_viewer_resumes_after_a_drop_and_never_shows_stale_stock(settings:
         st, _ = await api.reserve(s["sale_id"], "hank", "k1", quantity=4)
         assert st == 201
         async with start_demo_server(settings, port=port):
-            await expect(left).to_have_text("16 left")
+            await expect(left).to_have_text("16 left", timeout=20_000)  # the backoff reaches 8 s
             await expect(page.locator("#conn")).to_have_text("Reconnected. Everything is up to date.")
         assert any(f"since={seq}" in url for url in sockets[1:]), sockets
 
