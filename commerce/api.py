@@ -1,4 +1,5 @@
-"""Commerce routes and background tasks (reserve batcher, stock notices, sweeper, order writer)."""
+"""Commerce routes and background tasks (reserve batcher, bid batcher, stock notices, sweeper, order
+writer)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
-from commerce import catalog, orders, sales
+from commerce import auctions, catalog, groupbuy_api, orders, sales
+from commerce.auctions import AUCTIONS, Auctions
+from commerce.group_money import GroupSweeper
 from commerce.orders import COMMERCE, Commerce
 from commerce.payments import load_provider
 from commerce.settlement import Reconciler
@@ -66,18 +69,62 @@ async def get_sale(request: web.Request) -> web.Response:
     return json_response(await sales.get_sale(request.app[SERVICES], request.match_info["id"]))
 
 
+async def create_auction(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    stream_id = request.match_info["id"]
+    stream = await _stream_owner(svc, request, stream_id)
+    spec = auctions.validate_auction(await read_json(request))
+    if stream["status"] == "ended":
+        raise Conflict("the stream has ended", code=ErrorCode.INVALID_STATE)
+    product = await catalog.get_product(svc, spec["sku"])
+    return json_response(await request.app[AUCTIONS].create(stream_id, stream["host"], spec, product), 201)
+
+
+async def start_auction(request: web.Request) -> web.Response:
+    svc, auc = request.app[SERVICES], request.app[AUCTIONS]
+    info = await auc.info(request.match_info["id"])
+    await _stream_owner(svc, request, info.stream)
+    return json_response(await auc.start(info.id))
+
+
+async def get_auction(request: web.Request) -> web.Response:
+    return json_response(await request.app[AUCTIONS].view(request.match_info["id"]))
+
+
+async def bid(request: web.Request) -> web.Response:
+    """POST /api/auctions/{id}/bids: checks in the order of docs/auctions.md, then one bid.lua step."""
+    svc = request.app[SERVICES]
+    user = orders.buyer(svc, request.headers.get("Authorization"))
+    key = orders.idempotency_key(request.headers.get("Idempotency-Key"))
+    amount = auctions.max_cents(await read_json(request))
+    status, body = await request.app[AUCTIONS].bid(request.match_info["id"], user.id, key, amount)
+    return json_response(body, status)
+
+
+async def create_groupbuy(request: web.Request) -> web.Response:
+    stream = await _stream_owner(request.app[SERVICES], request, request.match_info["id"])
+    return await groupbuy_api.create_groupbuy(request, stream)
+
+
+async def end_groupbuy(request: web.Request) -> web.Response:
+    return await groupbuy_api.end_groupbuy(request, _stream_owner)
+
+
 async def _background(app: web.Application) -> AsyncIterator[None]:
     svc = app[SERVICES]
     com = Commerce(svc, load_provider(svc.settings.payment_provider, svc.redis))
     app[COMMERCE] = com
+    auc = app[AUCTIONS] = Auctions(svc)
     com.stock.start()
     await com.reserver.warm()
-    sweeper = Sweeper(svc, com.stock.note, svc.settings.sweep_interval_s)
+    sweeper = Sweeper(svc, com.stock.note, svc.settings.sweep_interval_s, auctions=auc.sweep)
     writer = OrderWriter.from_settings(svc.redis, svc.db, svc.settings)
     writer.busy = com.reserver.taking_orders
     reconciler = Reconciler(svc, com.provider, svc.settings.settle_grace_s, svc.settings.settle_interval_s)
     tasks = [asyncio.create_task(sweeper.run(), name="sweeper"),
-             asyncio.create_task(reconciler.run(), name="reconciler")]
+             asyncio.create_task(reconciler.run(), name="reconciler"),
+             asyncio.create_task(GroupSweeper(svc, com.provider, svc.settings.sweep_interval_s).run(),
+                                 name="group_sweeper")]
     if svc.settings.run_writer:
         tasks.append(asyncio.create_task(writer.run(), name="writer"))
     yield
@@ -87,6 +134,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await t
     await com.reserver.close()
+    await auc.close_batcher()
     await com.stock.stop()
 
 
@@ -103,3 +151,13 @@ def setup(app: web.Application) -> None:
     r.add_get("/api/orders/{id}", guarded(orders.get_order))
     r.add_post("/api/orders/{id}/pay", guarded(orders.pay))
     r.add_post("/api/orders/{id}/cancel", guarded(orders.cancel))
+    r.add_post("/api/streams/{id}/auctions", guarded(create_auction))
+    r.add_post("/api/auctions/{id}/bids", guarded(bid))
+    r.add_post("/api/auctions/{id}/start", guarded(start_auction))
+    r.add_get("/api/auctions/{id}", guarded(get_auction))
+    r.add_post("/api/streams/{id}/groupbuys", guarded(create_groupbuy))
+    r.add_get("/api/groupbuys/{id}", guarded(groupbuy_api.get_groupbuy))
+    r.add_post("/api/groupbuys/{id}/end", guarded(end_groupbuy))
+    r.add_post("/api/groupbuys/{id}/groups", guarded(groupbuy_api.open_group))
+    r.add_get("/api/groups/{gid}", guarded(groupbuy_api.get_group))
+    r.add_post("/api/groups/{gid}/members", guarded(groupbuy_api.join_group))

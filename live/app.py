@@ -15,6 +15,7 @@ import live.api
 import live.discovery
 import live.media
 import live.openapi
+import live.pages
 import live.stats
 import realtime
 from livesale.auth import Verifier
@@ -69,6 +70,7 @@ def create_app(settings: Settings) -> web.Application:
     live.stats.setup(app)
     commerce.api.setup(app)
     realtime.setup(app, snapshot_source=live.api.snapshot_source)
+    live.pages.setup(app)
     app.router.add_get("/metrics", guarded(exposition.metrics_handler))
     app.router.add_get("/healthz", guarded(healthz))
     app.router.add_get("/readyz", guarded(readyz))

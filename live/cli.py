@@ -41,16 +41,19 @@ async def _freeze_gc(_app: object) -> None:
     gc.freeze()
 
 
-def _worker(settings: Settings, reuse_port: bool, demo: bool) -> None:
+def _worker(settings: Settings, reuse_port: bool, demo: bool, seed: bool) -> None:
     from aiohttp.web_runner import GracefulExit
 
     from live.app import create_app
+    from live.pages import enable_dev_tokens
 
     _install_uvloop()
     if isinstance(sys.stdout, io.TextIOWrapper):  # a spawned worker does not run main()
         sys.stdout.reconfigure(line_buffering=True)
     app = create_app(settings)
     if demo:
+        enable_dev_tokens(app)  # every worker: the pages' sign-in may land on any of them
+    if seed:
         from live.demo import seed_on_startup
 
         app.on_startup.append(seed_on_startup)
@@ -107,7 +110,7 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
         log.warning("embedded redis-server on %s (data in %s)", embedded.url, embedded.data_dir)
     try:
         if settings.workers <= 1:
-            _worker(settings, False, demo)
+            _worker(settings, False, demo, demo)
             return 0
         asyncio.run(_prepare_sql(settings))
         # Several workers share the port (SO_REUSEPORT) and Redis; /metrics on any of them covers all
@@ -117,7 +120,7 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
         metrics_dir = MetricsDir()
         ctx = multiprocessing.get_context("spawn")
         procs = [
-            ctx.Process(target=_worker, args=(settings, True, demo and i == 0), daemon=False)
+            ctx.Process(target=_worker, args=(settings, True, demo, demo and i == 0), daemon=False)
             for i in range(settings.workers)
         ]
         for p in procs:

@@ -69,6 +69,10 @@ async def seed_on_startup(app: web.Application) -> None:
     hosttok = mint(s.secret, host, "host", ttl)
     print(f"""
 livesale demo is up on {base}
+  landing:       {base}/
+  viewer page:   {base}/s/{stream_id}
+  host console:  {base}/host/{stream_id}   (sign in as {host})
+
   stream {stream_id} (live), flash sale {sale['id']}: {sale['stock']} x {sale['sku']} at $15.00, limit 2 per buyer
 
   viewer token (alice):  export TOKEN={viewer}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
@@ -24,7 +25,9 @@ import orjson
 import sqlalchemy as sa
 from aiohttp import web
 
+from commerce import groupbuys
 from commerce import keys as commerce_keys
+from commerce.schema import groupbuys as groupbuys_table
 from commerce.schema import orders as orders_table
 from commerce.schema import sales as sales_table
 from live import keys
@@ -133,6 +136,21 @@ async def _sale_figures(svc: Services, sale_id: str, sku: str) -> SaleFigures:
     return figs
 
 
+async def _groupbuy_figures(svc: Services, gb_id: str, sku: str) -> tuple[SaleFigures, Counter[str]]:
+    """A group-buy as a product of the stats (docs/groupbuy.md), and its referrals per sharer."""
+    g = await groupbuys.figures(svc, gb_id)
+    figs = SaleFigures("groupbuy", gb_id, sku, orders=g.orders, paid_orders=g.paid_orders,
+                       units_sold=g.paid_orders, gmv_cents=g.gmv_cents, refunded_cents=g.refunded_cents,
+                       held=g.in_groups, buyers=g.buyers)
+    for ms in g.joined_ms:
+        key = f"{minute_of(ms)}:o"
+        figs.minutes[key] = figs.minutes.get(key, 0) + 1
+    for ms, cents in g.paid_ms:
+        key = f"{minute_of(ms)}:g"
+        figs.minutes[key] = figs.minutes.get(key, 0) + cents
+    return figs, g.referrals
+
+
 async def _sql_sale_figures(svc: Services, figs: SaleFigures) -> SaleFigures:
     o = orders_table.c
     async with svc.db.connect() as conn:
@@ -169,12 +187,22 @@ async def stream_stats(svc: Services, stream_id: str) -> dict[str, Any]:
         sale_rows = (await conn.execute(sa.select(sales_table.c.id, sales_table.c.sku)
                                         .where(sales_table.c.stream_id == stream_id)
                                         .order_by(sales_table.c.created_at, sales_table.c.id))).all()
-    aud, sales = await asyncio.gather(state.audience(svc.redis, stream_id),
-                                      asyncio.gather(*(_sale_figures(svc, r.id, r.sku) for r in sale_rows)))
+        gb_rows = (await conn.execute(sa.select(groupbuys_table.c.id, groupbuys_table.c.sku)
+                                      .where(groupbuys_table.c.stream_id == stream_id)
+                                      .order_by(groupbuys_table.c.created_at, groupbuys_table.c.id))).all()
+    aud, sales, gbs = await asyncio.gather(
+        state.audience(svc.redis, stream_id),
+        asyncio.gather(*(_sale_figures(svc, r.id, r.sku) for r in sale_rows)),
+        asyncio.gather(*(_groupbuy_figures(svc, r.id, r.sku) for r in gb_rows)))
+    sales = [*sales, *(figs for figs, _ in gbs)]
+    referrals: Counter[str] = Counter()
+    for _, refs in gbs:
+        referrals.update(refs)
     now = int(time.time() * 1000)
     out = {"stream_id": stream_id, "status": status.decode(), "provisional": True,
            "started_at": iso_ms(started_ms), "ended_at": iso_ms(ended_ms)}
     out.update(compose(aud, list(sales), started_ms, ended_ms, now))
+    out["referrals"] = dict(referrals.most_common())  # group-buy members per sharer (docs/groupbuy.md)
     out["updated_at"] = iso_ms(now)
     settled = ended_ms is not None and now >= ended_ms + SETTLE_MS and not any(s.held for s in sales)
     out["provisional"] = not settled

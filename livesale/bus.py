@@ -1,9 +1,9 @@
 """The stream event bus: how `commerce` and `live` reach viewers without knowing about sockets.
 
 Every event for stream S is published as one JSON object on channel `stream:S`; the hub forwards the
-bytes as they are. Stream-log events (comment, comment_deleted, pin, sale, stream, video) also get the next
-per-stream `seq` and an entry in the bounded log `{stream:S}:log` (entry id `seq-0`), atomically with
-the publish. State events (likes, stock, viewers) are published only.
+bytes as they are. Stream-log events (comment, comment_deleted, pin, sale, stream, video, auction, bid,
+group) also get the next per-stream `seq` and an entry in the bounded log `{stream:S}:log` (entry id
+`seq-0`), atomically with the publish. State events (likes, stock, viewers) are published only.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from livesale.redis_client import LuaScript
 
-LOG_TYPES = frozenset({"comment", "comment_deleted", "pin", "sale", "stream", "video"})
+LOG_TYPES = frozenset({"comment", "comment_deleted", "pin", "sale", "stream", "video", "auction", "bid", "group"})
 STATE_TYPES = frozenset({"likes", "stock", "viewers"})
 
 # append_log(): the one way a stream-log event is written (bus_publish.lua, live/stream_cas.lua).

@@ -26,6 +26,17 @@ class ErrorCode(StrEnum):
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     ORDER_NOT_PENDING = "order_not_pending"
     CARD_DECLINED = "card_declined"
+    # Auctions (docs/auctions.md).
+    AUCTION_NOT_ACTIVE = "auction_not_active"
+    BID_TOO_LOW = "bid_too_low"
+    ALREADY_LEADING = "already_leading"
+    INVALID_AMOUNT = "invalid_amount"
+    # Group-buys (docs/groupbuy.md).
+    INVALID_TIERS = "invalid_tiers"
+    GROUPBUY_NOT_ACTIVE = "groupbuy_not_active"
+    GROUP_FULL = "group_full"
+    GROUP_CLOSED = "group_closed"
+    ALREADY_IN_GROUP = "already_in_group"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
     # Media, WHIP/WHEP (docs/media.md).

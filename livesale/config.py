@@ -75,6 +75,11 @@ class Settings:
     ws_per_user: int = 10
     ws_per_ip: int = 500
     redis_timeout_s: float = 2.0
+    # Group-buys: a member still being charged this long after joining (its process died, or the
+    # provider hangs) is settled by the group sweeper from what the provider says; a process settling a
+    # closed group's money holds it this long at most (then another takes over).
+    group_pending_s: float = 30.0
+    group_lease_s: float = 15.0
     # Identity (docs/auth.md). HS256 tokens signed with `secret` unless `jwt_hs256` is off; RS256/ES256
     # tokens from an identity provider whose keys are at `jwks_url`, with `iss` == `jwt_issuer` and an
     # `aud` naming `jwt_audience` required when set; no token lives longer than `jwt_max_lifetime_s`
@@ -117,6 +122,8 @@ class Settings:
             ws_per_user=int(env.get("LIVESALE_WS_PER_USER", "10")),
             ws_per_ip=int(env.get("LIVESALE_WS_PER_IP", "500")),
             redis_timeout_s=float(env.get("LIVESALE_REDIS_TIMEOUT_S", "2")),
+            group_pending_s=float(env.get("LIVESALE_GROUP_PENDING_S", "30")),
+            group_lease_s=float(env.get("LIVESALE_GROUP_LEASE_S", "15")),
             jwt_hs256=env.get("LIVESALE_JWT_HS256", "1") not in ("0", "false", "off"),
             jwks_url=env.get("LIVESALE_JWKS_URL", ""),
             jwt_issuer=env.get("LIVESALE_JWT_ISSUER", ""),

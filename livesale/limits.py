@@ -174,6 +174,18 @@ def release(transport: Any) -> None:
         drop(transport)
 
 
+async def release_after(transport: Any, grace_s: float) -> None:
+    """`release`, after giving a peer that reads again up to `grace_s` to take the data left unsent
+    (and the close frame behind it)."""
+    deadline = asyncio.get_running_loop().time() + grace_s
+    # A closing transport signals nothing when its buffer drains (aiohttp's protocol owns the
+    # flow-control callbacks): a poll, bounded by the grace.
+    while (transport is not None and transport.is_closing()  # noqa: ASYNC110 and transport.get_write_buffer_size()
+           and asyncio.get_running_loop().time() < deadline):
+        await asyncio.sleep(0.05)
+    release(transport)
+
+
 def drop(transport: Any) -> None:
     """Abort `transport` with a reset (SO_LINGER 0): the kernel discards what the peer left unread
     too, where a plain close would keep it, and the socket, while it tries to deliver it."""

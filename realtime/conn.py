@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from livesale.codes import CloseCode
-from livesale.limits import drop, release
+from livesale.limits import drop, release_after
 from monitoring import metrics as m
 from realtime import protocol
 
@@ -193,17 +193,15 @@ class Conn:
         self.on_close(self, code)
 
     async def aclose(self, code: CloseCode) -> None:
-        """Send the close frame and wait for the peer's. A peer that left a transport's worth of data
-        unread would not read the close frame either: it loses the transport at once. One that does
-        not answer in time, or leaves data unsent, loses it then (aiohttp's close only asks the
-        transport to close once the data is out, which for a peer that never reads is never)."""
-        if self.transport.get_write_buffer_size() >= TRANSPORT_HIGH:
-            drop(self.transport)
-            return
+        """Send the close frame (behind any data still unsent, so a peer that reads again at once
+        gets it) and wait for the peer's. One that does not answer in time, or leaves data unsent,
+        loses the transport then (aiohttp's close only asks the transport to close once the data is
+        out, which for a peer that never reads is never)."""
+        deadline = asyncio.get_running_loop().time() + CLOSE_TIMEOUT_S
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await self.ws.close(code=int(code), message=code.name.lower().encode(), drain=False)
         except (TimeoutError, ConnectionError):
             with contextlib.suppress(Exception):
                 drop(self.transport)
-        release(self.transport)
+        await release_after(self.transport, deadline - asyncio.get_running_loop().time())

@@ -51,6 +51,7 @@ def test_prefer_moves_the_codec_first_and_answer_codec_reads_it() -> None:
     offer = video_offer("VP8", "H264", "VP9", direction="recvonly")
     moved = sdp.prefer(offer, "H264")
     assert "m=video 9 UDP/TLS/RTP/SAVPF 97 96 98\r\n" in moved
+    assert moved.index("a=rtpmap:97 H264") < moved.index("a=rtpmap:96 VP8") < moved.index("a=rtpmap:98 VP9")
     assert sdp.answer_codec(moved) == "H264"
     assert sdp.answer_codec(offer) == "VP8"
 
