@@ -18,6 +18,7 @@ _TIME = {"type": "string", "format": "date-time"}
 _TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
 _INT = {"type": "integer"}
 _STR = {"type": "string"}
+_ORDER_STATUS = {"enum": ["reserved", "paid", "cancelled", "expired", "joined", "refunded"]}
 _TITLE = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "\\S", "description": "not only spaces"}
 
 
@@ -95,11 +96,37 @@ SCHEMAS: dict[str, Any] = {
         "pinned": {"oneOf": [_ref("Product"), {"type": "null"}]}, "video": {"enum": ["live", "none"]}}),
     "Stream": {"allOf": [_ref("StreamState"), _obj({
         "viewers": _INT, "likes": _INT, "sales": {"type": "array", "items": _ref("Sale")}})]},
-    "Order": _obj({"id": _STR, "sale": _STR, "status": {"enum": ["reserved", "paid", "cancelled", "expired"]},
-                   "quantity": _INT, "amount_cents": _INT, "expires_at": _TIME_OR_NULL, "created_at": _TIME}),
-    "MyOrder": _obj({"kind": _STR, "id": _STR, "sale": _STR, "stream_id": _STR, "sku": _STR, "status": _STR,
-                     "quantity": _INT, "amount_cents": _INT, "currency": _STR, "created_at": _TIME},
-                    {"expires_at": _TIME_OR_NULL}),
+    # A flash sale's order names its `sale`, an auction winner's its `auction`, a group-buy member's its
+    # `groupbuy` and `group` (docs/auctions.md, docs/groupbuy.md).
+    "Order": _obj({"id": _STR, "status": _ORDER_STATUS, "quantity": _INT, "amount_cents": _INT,
+                   "expires_at": _TIME_OR_NULL, "created_at": _TIME},
+                  {"sale": _STR, "auction": _STR, "groupbuy": _STR, "group": _STR, "kind": _STR,
+                   "charged_cents": _INT, "refunded_cents": _INT, "refund_pending": {"type": "boolean"},
+                   "currency": _STR, "ref": {"type": ["string", "null"]}}),
+    "MyOrder": _obj({"kind": {"enum": ["sale", "auction", "group"]}, "id": _STR, "stream_id": _STR, "sku": _STR,
+                     "status": _ORDER_STATUS, "quantity": _INT, "amount_cents": _INT, "currency": _STR,
+                     "created_at": _TIME},
+                    {"expires_at": _TIME_OR_NULL, "sale": _STR, "auction": _STR, "groupbuy": _STR, "group": _STR,
+                     "charged_cents": _INT, "refunded_cents": _INT}),
+    "Auction": _obj({
+        "id": _STR, "stream_id": _STR, "sku": _STR, "title": _STR, "currency": _STR,
+        "status": {"enum": ["scheduled", "active", "closing", "sold", "unsold"]}, "starting_bid_cents": _INT,
+        "price_cents": _INT, "min_bid_cents": {"type": ["integer", "null"]}, "leader": {"type": ["string", "null"]},
+        "bids": _INT, "started_at": _TIME, "ends_at": _TIME, "duration_s": _INT, "extend_window_s": _INT,
+        "extend_to_s": _INT, "sudden_death": {"type": "boolean"}, "reserve_met": {"type": "boolean"},
+        "hold_s": _INT, "created_at": _TIME},
+        {"winner": _STR, "order": {"type": ["string", "null"]},
+         "reserve_cents": {"type": "integer", "description": "only in the host's create and start answers"}}),
+    "GroupBuy": _obj({
+        "id": _STR, "stream_id": _STR, "sku": _STR, "title": _STR, "currency": _STR,
+        "status": {"enum": ["active", "ended"]}, "stock": _INT, "available": _INT, "in_groups": _INT, "sold": _INT,
+        "tiers": {"type": "array", "items": _obj({"size": _INT, "price_cents": _INT})}, "group_ttl_s": _INT,
+        "created_at": _TIME}),
+    "Group": _obj({
+        "id": _STR, "groupbuy": _STR, "leader": _STR, "members": _INT, "size": _INT,
+        "status": {"enum": ["open", "succeeded", "failed"]}, "price_cents": _INT,
+        "next_tier": {"oneOf": [_obj({"size": _INT, "price_cents": _INT}), {"type": "null"}]},
+        "expires_at": _TIME, "share_path": _STR}),
     "Comment": _obj({"type": {"const": "comment"}, "id": _STR, "user": _STR, "text": _STR, "ts": _INT,
                      "seq": _INT}),
     "Stats": _obj({k: v for k, v in {
@@ -131,6 +158,17 @@ _SALE_BODY = _obj({
 _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": True,
                 "schema": {"type": "string", "pattern": "^[!-~]{1,200}$"},
                 "description": "scoped to (sale, user): a retry with the same key answers the same order"}
+
+
+_BID = _json(_obj({"status": {"enum": ["leading", "outbid"]}, "price_cents": _INT, "ends_at": _TIME}))
+_JOINED = _json(_obj({"group": _STR, "member": _STR, "charged_cents": _INT, "status": {"const": "joined"}}))
+_JOIN_BODY = _obj({"payment_method": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,100}$"}},
+                  {"ref": {"type": ["string", "null"]}})
+_JOIN_WHY = {402: "the card was declined (`card_declined`); nothing is held",
+             409: "`group_full`, `group_closed`, `already_in_group`, `sold_out` or `groupbuy_not_active`",
+             422: "`validation_error`, `missing_idempotency_key` or `idempotency_conflict`"}
+_HTML = {"description": "an HTML page", "content": {"text/html": {"schema": _STR}}}
+_HTML_404 = {"description": "no such stream: an HTML page saying so", "content": {"text/html": {"schema": _STR}}}
 
 
 def _media(kind: str) -> dict[str, Any]:
@@ -194,8 +232,11 @@ PATHS: dict[str, dict[str, Any]] = {
         "post": _op("open a flash sale", {"201": {"description": "the sale", **_SALE},
                                           **_errors(400, 401, 403, 404, 409, 413, 422)},
                     role="host", body=_SALE_BODY, tags=("sales",)),
-        "get": _op("every sale of the stream, oldest first (public)", {
-            "200": {"description": "the sales", **_json(_obj({"sales": {"type": "array", "items": _ref("Sale")}}))},
+        "get": _op("every sale, auction and group-buy of the stream, oldest first (public)", {
+            "200": {"description": "the sales", **_json(_obj(
+                {"sales": {"type": "array", "items": _ref("Sale")}},
+                {"auctions": {"type": "array", "items": _ref("Auction")},
+                 "groupbuys": {"type": "array", "items": _ref("GroupBuy")}}))},
             **_errors(404)}, tags=("sales",))},
     "/api/streams/{id}/comments": {"get": _op("comments, newest first (public)", {
         "200": {"description": "a page", **_json(_obj({"comments": {"type": "array", "items": _ref("Comment")}}))},
@@ -246,6 +287,70 @@ PATHS: dict[str, dict[str, Any]] = {
         "200": {"description": "a page", **_json(_obj({"orders": {"type": "array", "items": _ref("MyOrder")},
                                                         **_PAGE}))}, **_errors(401, 422)},
         role="viewer", params=[_LIMIT, _CURSOR], tags=("orders",))},
+    "/api/streams/{id}/auctions": {"post": _op("open an auction (docs/auctions.md)", {
+        "201": {"description": "the auction (`scheduled`, with `reserve_cents`)", **_json(_ref("Auction"))},
+        **_errors(400, 401, 403, 404, 409, 413, 422)}, role="host", tags=("auctions",), body=_obj({
+            "sku": {"type": "string", "minLength": 1},
+            "starting_bid_cents": {"type": "integer", "minimum": 100, "maximum": 10**10},
+            "duration_s": {"type": "integer", "minimum": 5, "maximum": 3600},
+            "hold_s": {"type": "integer", "minimum": 1, "maximum": 86400}}, {
+            "extend_window_s": {"type": "integer", "minimum": 0, "maximum": 3600},
+            "extend_to_s": {"type": "integer", "minimum": 1, "maximum": 3600},
+            "sudden_death": {"type": "boolean"},
+            "reserve_cents": {"type": "integer", "minimum": 0, "maximum": 10**10}}))},
+    "/api/auctions/{id}": {"get": _op("an auction (public; never a maximum or the reserve)", {
+        "200": {"description": "the auction", **_json(_ref("Auction"))}, **_errors(404)}, tags=("auctions",))},
+    "/api/auctions/{id}/start": {"post": _op("start a scheduled auction", {
+        "200": {"description": "the auction (with `reserve_cents`)", **_json(_ref("Auction"))},
+        **_errors(401, 403, 404, 409)}, role="host", tags=("auctions",))},
+    "/api/auctions/{id}/bids": {"post": _op("bid a maximum (proxy bidding, anti-snipe: docs/auctions.md)", {
+        "201": {"description": "accepted", **_BID}, "200": {"description": "this Idempotency-Key's first answer", **_BID},
+        **_errors(400, 401, 403, 404, 409, 413, 422, why={
+            409: "`auction_not_active`, `bid_too_low` (with `min_bid_cents`) or `already_leading`",
+            422: "`invalid_amount`, `missing_idempotency_key`, `validation_error` or `idempotency_conflict`"})},
+        role="viewer", body=_obj({"max_cents": {"type": "integer", "minimum": 1, "maximum": 10**10}}),
+        params=[_IDEMPOTENCY], tags=("auctions",))},
+    "/api/streams/{id}/groupbuys": {"post": _op("open a group-buy (docs/groupbuy.md)", {
+        "201": {"description": "the group-buy (`active`)", **_json(_ref("GroupBuy"))},
+        **_errors(400, 401, 403, 404, 409, 413, 422)}, role="host", tags=("group-buys",), body=_obj({
+            "sku": {"type": "string", "minLength": 1},
+            "stock": {"type": "integer", "minimum": 1, "maximum": 10**7},
+            "tiers": {"type": "array", "minItems": 1, "maxItems": 10, "items": _obj({
+                "size": {"type": "integer", "minimum": 2, "maximum": 1000},
+                "price_cents": {"type": "integer", "minimum": 1}}),
+                "description": "sizes strictly rising, prices strictly falling (422 `invalid_tiers` otherwise)"},
+            "group_ttl_s": {"type": "integer", "minimum": 60, "maximum": 86400}}))},
+    "/api/groupbuys/{id}": {"get": _op("a group-buy (public)", {
+        "200": {"description": "the group-buy", **_json(_ref("GroupBuy"))}, **_errors(404)}, tags=("group-buys",))},
+    "/api/groupbuys/{id}/end": {"post": _op("end a group-buy (its open groups close)", {
+        "200": {"description": "the group-buy, `ended`", **_json(_ref("GroupBuy"))},
+        **_errors(401, 403, 404, 409)}, role="host", tags=("group-buys",))},
+    "/api/groupbuys/{id}/groups": {"post": _op("open a group and join it as its leader (charged the first tier)", {
+        "201": {"description": "joined", **_JOINED}, "200": {"description": "this Idempotency-Key's first answer", **_JOINED},
+        **_errors(400, 401, 402, 403, 404, 409, 413, 422, why=_JOIN_WHY)},
+        role="viewer", body=_JOIN_BODY, params=[_IDEMPOTENCY], tags=("group-buys",))},
+    "/api/groups/{gid}": {"get": _op("a group (public)", {
+        "200": {"description": "the group", **_json(_ref("Group"))}, **_errors(404)}, tags=("group-buys",))},
+    "/api/groups/{gid}/members": {"post": _op("join a group (charged the first tier)", {
+        "201": {"description": "joined", **_JOINED}, "200": {"description": "this Idempotency-Key's first answer", **_JOINED},
+        **_errors(400, 401, 402, 403, 404, 409, 413, 422, why=_JOIN_WHY)},
+        role="viewer", body=_JOIN_BODY, params=[_IDEMPOTENCY], tags=("group-buys",))},
+    "/": {"get": _op("landing page (docs/pages.md)", {"200": _HTML}, tags=("pages",))},
+    "/s/{stream}": {"get": _op("the viewer page", {"200": _HTML, "404": _HTML_404}, tags=("pages",))},
+    "/host/{stream}": {"get": _op("the host console", {"200": _HTML, "404": _HTML_404}, tags=("pages",))},
+    "/g/{group}": {"get": _op("a group-buy's join card", {"200": _HTML}, tags=("pages",))},
+    "/assets/{path}": {"get": _op("the pages' stylesheet, icons and modules (`ETag`; `If-None-Match` → 304)", {
+        "200": {"description": "the file", "content": {t: {"schema": _STR} for t in (
+            "text/css", "text/javascript", "image/svg+xml")}},
+        "304": {"description": "not modified"}, "404": {"description": "no such file", **_json(_ERROR)}},
+        tags=("pages",))},
+    "/dev/token": {"post": _op("a token for the pages' sign-in: only under `livesale demo` (404 under `serve`)", {
+        "200": {"description": "a token", **_json(_obj({"token": _STR, "user": _STR,
+                                                         "role": {"enum": ["viewer", "host", "moderator"]},
+                                                         "expires_in": _INT}))},
+        "404": {"description": "not `livesale demo`", **_json(_ERROR)}, **_errors(400, 413, 422)},
+        body=_obj({"user": {"type": "string", "minLength": 1, "maxLength": 64}},
+                  {"role": {"enum": ["viewer", "host", "moderator"]}}), tags=("pages",))},
     "/ws/streams/{id}": {"get": _op(
         "the stream's WebSocket (docs/realtime.md): `?token=` signs in, `?since=` resumes; a request that "
         "is not a WebSocket upgrade is refused", {

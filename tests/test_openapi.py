@@ -70,37 +70,51 @@ def test_the_document_is_valid_openapi_31() -> None:
 
 
 class World:
-    """What exists on the server before the fuzzing: a host's live stream with a product pinned and an
-    active sale, a buyer's reserved order, and the tokens of each role."""
+    """What exists on the server before the fuzzing: a host's live stream with a product pinned, an
+    active sale with a buyer's reserved order, an active auction, a group-buy with an open group, and
+    the tokens of each role."""
 
     def __init__(self, url: str, secret: str) -> None:
         self.url = url
         self.tokens = {"host": mint(secret, "fuzz-host", "host"), "viewer": mint(secret, "fuzz-buyer"),
                        "moderator": mint(secret, "fuzz-mod", "moderator"), "admin": mint(secret, "fuzz-admin", "admin")}
         self.sales: set[str] = set()
+        self.groupbuys: set[str] = set()
         self.sku = "FUZZ-1"
-        assert requests.post(url + "/api/products", json={"sku": self.sku, "title": "t", "price_cents": 500},
-                             headers=self.auth("host"), timeout=10).status_code == 201
-        self.stream, self.sale, self.order = self.live_sale()
-        # What `.../end` operations get instead, so that the others keep a live stream and an active sale.
-        self.spare_stream, self.spare_sale, _ = self.live_sale()
+        self.call("POST", "/api/products", "host", 201, {"sku": self.sku, "title": "t", "price_cents": 500})
+        self.ids = self.live_stream()
+        # What `.../end` operations get instead, so that the others keep a live stream and active sales.
+        self.spare = self.live_stream()
 
-    def live_sale(self) -> tuple[str, str, str]:
-        """A live stream with the product pinned, an active sale on it, and an order of the buyer's."""
-        url, h = self.url, self.auth("host")
-        stream = requests.post(url + "/api/streams", json={"title": "fuzz"}, headers=h, timeout=10).json()["id"]
-        assert requests.post(f"{url}/api/streams/{stream}/start", headers=h, timeout=10).status_code == 200
-        assert requests.post(f"{url}/api/streams/{stream}/pin", json={"sku": self.sku}, headers=h,
-                             timeout=10).status_code == 200
-        sale = requests.post(f"{url}/api/streams/{stream}/sales", headers=h, timeout=10, json={
+    def call(self, method: str, path: str, role: str, expect: int, body: Any = None, key: str | None = None) -> Any:
+        headers = self.auth(role) | ({"Idempotency-Key": key} if key else {})
+        r = requests.request(method, self.url + path, json=body, headers=headers, timeout=10)
+        assert r.status_code == expect, (method, path, r.status_code, r.text)
+        return r.json()
+
+    def live_stream(self) -> dict[str, str]:
+        """A live stream with the product pinned and, on it, an active sale with an order of the buyer's,
+        an active auction, and a group-buy with a group the buyer opened."""
+        stream = self.call("POST", "/api/streams", "host", 201, {"title": "fuzz"})["id"]
+        self.call("POST", f"/api/streams/{stream}/start", "host", 200)
+        self.call("POST", f"/api/streams/{stream}/pin", "host", 200, {"sku": self.sku})
+        sale = self.call("POST", f"/api/streams/{stream}/sales", "host", 201, {
             "sku": self.sku, "price_cents": 500, "stock": 50, "per_user_limit": 5, "duration_s": 600,
-            "hold_s": 600}).json()["id"]
+            "hold_s": 600})["id"]
         self.sales.add(sale)
-        assert requests.post(f"{url}/api/sales/{sale}/start", headers=h, timeout=10).status_code == 200
-        order = requests.post(f"{url}/api/sales/{sale}/orders", json={"quantity": 1}, timeout=10,
-                              headers={**self.auth("viewer"), "Idempotency-Key": "seed"})
-        assert order.status_code == 201, order.text
-        return stream, sale, order.json()["id"]
+        self.call("POST", f"/api/sales/{sale}/start", "host", 200)
+        order = self.call("POST", f"/api/sales/{sale}/orders", "viewer", 201, {"quantity": 1}, key=f"seed-{sale}")["id"]
+        auction = self.call("POST", f"/api/streams/{stream}/auctions", "host", 201, {
+            "sku": self.sku, "starting_bid_cents": 100, "duration_s": 600, "hold_s": 600})["id"]
+        self.call("POST", f"/api/auctions/{auction}/start", "host", 200)
+        groupbuy = self.call("POST", f"/api/streams/{stream}/groupbuys", "host", 201, {
+            "sku": self.sku, "stock": 20, "tiers": [{"size": 2, "price_cents": 400}, {"size": 3, "price_cents": 300}],
+            "group_ttl_s": 600})["id"]
+        self.groupbuys.add(groupbuy)
+        group = self.call("POST", f"/api/groupbuys/{groupbuy}/groups", "viewer", 201,
+                          {"payment_method": "pm_card_visa"}, key=f"seed-{groupbuy}")["group"]
+        return {"stream": stream, "sale": sale, "order": order, "auction": auction, "groupbuy": groupbuy,
+                "group": group}
 
     def auth(self, role: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[role]}"}
@@ -108,9 +122,11 @@ class World:
     def real_ids(self, path: str) -> dict[str, str]:
         """Ids that exist, for the path parameters of `path`."""
         kind = path.split("/")[2] if path.startswith("/api/") else path.split("/")[1]
-        stream, sale = (self.spare_stream, self.spare_sale) if path.endswith("/end") else (self.stream, self.sale)
-        ids = {"streams": stream, "sales": sale, "orders": self.order, "products": self.sku}.get(kind, stream)
-        return {"id": ids, "sku": self.sku, "stream": stream, "user": "someone"}
+        ids = self.spare if path.endswith("/end") else self.ids
+        by_kind = {"streams": ids["stream"], "sales": ids["sale"], "orders": ids["order"], "products": self.sku,
+                   "auctions": ids["auction"], "groupbuys": ids["groupbuy"], "groups": ids["group"]}
+        return {"id": by_kind.get(kind, ids["stream"]), "sku": self.sku, "stream": ids["stream"], "user": "someone",
+                "gid": ids["group"], "group": ids["group"], "path": "js/api.js"}
 
 
 def fuzz(op: Any, mode: schemathesis.GenerationMode, world: World, session: requests.Session,
@@ -134,6 +150,8 @@ def fuzz(op: Any, mode: schemathesis.GenerationMode, world: World, session: requ
         response = case.call(base_url=world.url, session=session, headers=headers, timeout=15)
         if op.path == "/api/streams/{id}/sales" and response.status_code == 201:
             world.sales.add(response.json()["id"])
+        if op.path == "/api/streams/{id}/groupbuys" and response.status_code == 201:
+            world.groupbuys.add(response.json()["id"])
         try:
             case.validate_response(response, checks=CHECKS)
         except (Failure, FailureGroup) as exc:
@@ -150,7 +168,8 @@ def fuzz(op: Any, mode: schemathesis.GenerationMode, world: World, session: requ
 def test_schemathesis_finds_no_5xx_and_no_answer_outside_the_schema(settings: Settings) -> None:
     """Every operation, positive and negative examples (bounded per operation), with valid tokens of the
     operation's role and, in half the examples, ids that exist: no 5xx, every answer as documented; then
-    every sale's `available + held + sold == stock`, and the server still ready."""
+    every sale's `available + held + sold == stock`, every group-buy's `available + in_groups + sold ==
+    stock`, and the server still ready."""
     srv = spawn_server(settings)
     failures: list[str] = []
     try:
@@ -162,6 +181,9 @@ def test_schemathesis_finds_no_5xx_and_no_answer_outside_the_schema(settings: Se
         for sale_id in world.sales:
             sale = requests.get(f"{srv.url}/api/sales/{sale_id}", timeout=10).json()
             assert sale["available"] + sale["held"] + sale["sold"] == sale["stock"], sale
+        for gb_id in world.groupbuys:
+            gb = requests.get(f"{srv.url}/api/groupbuys/{gb_id}", timeout=10).json()
+            assert gb["available"] + gb["in_groups"] + gb["sold"] == gb["stock"], gb
         assert len(world.sales) > 1, "no sale was created by the fuzzing: the POST never got past validation"
         assert requests.get(srv.url + "/readyz", timeout=10).status_code == 200
     finally:
