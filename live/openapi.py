@@ -112,7 +112,7 @@ SCHEMAS: dict[str, Any] = {
         "id": _STR, "stream_id": _STR, "sku": _STR, "title": _STR, "currency": _STR,
         "status": {"enum": ["scheduled", "active", "closing", "sold", "unsold"]}, "starting_bid_cents": _INT,
         "price_cents": _INT, "min_bid_cents": {"type": ["integer", "null"]}, "leader": {"type": ["string", "null"]},
-        "bids": _INT, "started_at": _TIME, "ends_at": _TIME, "duration_s": _INT, "extend_window_s": _INT,
+        "bids": _INT, "started_at": _TIME_OR_NULL, "ends_at": _TIME_OR_NULL, "duration_s": _INT,  # null until started "extend_window_s": _INT,
         "extend_to_s": _INT, "sudden_death": {"type": "boolean"}, "reserve_met": {"type": "boolean"},
         "hold_s": _INT, "created_at": _TIME},
         {"winner": _STR, "order": {"type": ["string", "null"]},

@@ -165,6 +165,7 @@ def fuzz(op: Any, mode: schemathesis.GenerationMode, world: World, session: requ
         assert mode is schemathesis.GenerationMode.NEGATIVE, op.path
 
 
+@pytest.mark.timeout(max(180, EXAMPLES_PER_OPERATION * 4))
 def test_schemathesis_finds_no_5xx_and_no_answer_outside_the_schema(settings: Settings) -> None:
     """Every operation, positive and negative examples (bounded per operation), with valid tokens of the
     operation's role and, in half the examples, ids that exist: no 5xx, every answer as documented; then
