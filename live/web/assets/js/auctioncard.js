@@ -1,4 +1,4 @@
-// One auction on the viewer page (DESIGN "Auctions"): current price, leader, the anti-snipe timer, a
+// One auction on the viewer page (docs/auctions.md): current price, leader, the anti-snipe timer, a
 // bid button with the next minimum (or a maximum of your own), and the winner's Pay.
 import { api, newKey } from './api.js';
 import { h } from './dom.js';

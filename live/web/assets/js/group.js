@@ -1,4 +1,4 @@
-// The group deep link /g/{group}: the group's join card (DESIGN "Group-buy"; GET /api/groups/{gid}).
+// The group deep link /g/{group}: the group's join card (docs/groupbuy.md; GET /api/groups/{gid}).
 import { api, newKey } from './api.js';
 import { $, append, h } from './dom.js';
 import { clock, money, now, timeOf } from './fmt.js';

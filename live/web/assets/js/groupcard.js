@@ -1,4 +1,4 @@
-// One group-buy on the viewer page (DESIGN "Group-buy"): the tier ladder, units left, "Start a group"
+// One group-buy on the viewer page (docs/groupbuy.md): the tier ladder, units left, "Start a group"
 // (charged the first tier now, the difference refunded when the group grows), then your group's
 // members, the price reached, the next tier and the share link /g/{gid}?ref=you.
 import { api, newKey } from './api.js';

@@ -278,7 +278,7 @@ async function endSale(id) {
   } catch (e) { report(e); }
 }
 
-// ---- auctions (DESIGN "Auctions") ----------------------------------------------------------
+// ---- auctions (docs/auctions.md) ----------------------------------------------------------
 
 els.auctionForm.addEventListener('submit', async (e) => {
   e.preventDefault();
