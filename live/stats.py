@@ -27,6 +27,7 @@ from aiohttp import web
 
 from commerce import groupbuys
 from commerce import keys as commerce_keys
+from commerce.schema import auctions as auctions_table
 from commerce.schema import groupbuys as groupbuys_table
 from commerce.schema import orders as orders_table
 from commerce.schema import sales as sales_table
@@ -116,8 +117,8 @@ async def _fold(svc: Services, sale_id: str) -> bool:
     return bool(await svc.redis.exists(commerce_keys.events(sale_id)))
 
 
-async def _sale_figures(svc: Services, sale_id: str, sku: str) -> SaleFigures:
-    figs = SaleFigures("sale", sale_id, sku)
+async def _sale_figures(svc: Services, sale_id: str, sku: str, kind: str = "sale") -> SaleFigures:
+    figs = SaleFigures(kind, sale_id, sku)
     if not await _fold(svc, sale_id):
         # A sale whose events left Redis (retention) before any stats were read: SQL has every order.
         return await _sql_sale_figures(svc, figs)
@@ -190,11 +191,16 @@ async def stream_stats(svc: Services, stream_id: str) -> dict[str, Any]:
         gb_rows = (await conn.execute(sa.select(groupbuys_table.c.id, groupbuys_table.c.sku)
                                       .where(groupbuys_table.c.stream_id == stream_id)
                                       .order_by(groupbuys_table.c.created_at, groupbuys_table.c.id))).all()
-    aud, sales, gbs = await asyncio.gather(
+        auction_rows = (await conn.execute(sa.select(auctions_table.c.id, auctions_table.c.sku)
+                                           .where(auctions_table.c.stream_id == stream_id)
+                                           .order_by(auctions_table.c.created_at, auctions_table.c.id))).all()
+    aud, sales, gbs, wins = await asyncio.gather(
         state.audience(svc.redis, stream_id),
         asyncio.gather(*(_sale_figures(svc, r.id, r.sku) for r in sale_rows)),
-        asyncio.gather(*(_groupbuy_figures(svc, r.id, r.sku) for r in gb_rows)))
-    sales = [*sales, *(figs for figs, _ in gbs)]
+        asyncio.gather(*(_groupbuy_figures(svc, r.id, r.sku) for r in gb_rows)),
+        # An auction's winning order lives in sale-shaped keys (docs/auctions.md): folded as a sale's.
+        asyncio.gather(*(_sale_figures(svc, r.id, r.sku, kind="auction") for r in auction_rows)))
+    sales = [*sales, *wins, *(figs for figs, _ in gbs)]
     referrals: Counter[str] = Counter()
     for _, refs in gbs:
         referrals.update(refs)
