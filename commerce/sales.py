@@ -27,6 +27,9 @@ LIMITS = {
     "hold_s": (1, 86400),
 }
 
+EARLIEST_START = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_START = datetime(3000, 1, 1, tzinfo=UTC)
+
 
 def parse_time(value: Any) -> int:
     """RFC 3339 string -> epoch ms."""
@@ -38,6 +41,10 @@ def parse_time(value: Any) -> int:
         raise Unprocessable("starts_at must be an RFC 3339 time such as 2026-01-01T20:00:00Z") from exc
     if dt.tzinfo is None:
         raise Unprocessable("starts_at needs a time zone (use Z for UTC)")
+    # Every time a sale shows (starts_at, ends_at = starts_at + up to 7 days) must be one an RFC 3339
+    # string can carry: a start in year 1 or 9999 would make the sale, and every view listing it, fail.
+    if not EARLIEST_START <= dt < LATEST_START:
+        raise Unprocessable("starts_at must be from 2000-01-01 to 2999-12-31")
     return int(dt.timestamp() * 1000)
 
 

@@ -1,4 +1,4 @@
-"""HTTP handlers for streams: create, start, end, get, pin (DESIGN.md "HTTP API")."""
+"""HTTP handlers for streams: create, start, end, get, pin (docs/design.md "HTTP API")."""
 
 from __future__ import annotations
 

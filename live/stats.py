@@ -117,8 +117,8 @@ async def _fold(svc: Services, sale_id: str) -> bool:
     return bool(await svc.redis.exists(commerce_keys.events(sale_id)))
 
 
-async def _sale_figures(svc: Services, sale_id: str, sku: str, kind: str = "sale") -> SaleFigures:
-    figs = SaleFigures(kind, sale_id, sku)
+async def _sale_figures(svc: Services, sale_id: str, sku: str) -> SaleFigures:
+    figs = SaleFigures("sale", sale_id, sku)
     if not await _fold(svc, sale_id):
         # A sale whose events left Redis (retention) before any stats were read: SQL has every order.
         return await _sql_sale_figures(svc, figs)
@@ -134,6 +134,16 @@ async def _sale_figures(svc: Services, sale_id: str, sku: str, kind: str = "sale
     figs.held = int(held or 0)
     figs.buyers = {b.decode() for b in buyers}
     figs.minutes = {k.decode(): int(v) for k, v in minutes.items()}
+    return figs
+
+
+async def _auction_figures(svc: Services, auction_id: str, sku: str, status: str) -> SaleFigures:
+    """An auction as a product: its winner's order is a sale-shaped order on `{sale:<auction id>}` keys
+    (docs/auctions.md), folded like a sale's. An auction not yet closed may still make an order."""
+    figs = await _sale_figures(svc, auction_id, sku)
+    figs.kind = "auction"
+    if status in ("scheduled", "active"):
+        figs.held += 1
     return figs
 
 
@@ -188,19 +198,18 @@ async def stream_stats(svc: Services, stream_id: str) -> dict[str, Any]:
         sale_rows = (await conn.execute(sa.select(sales_table.c.id, sales_table.c.sku)
                                         .where(sales_table.c.stream_id == stream_id)
                                         .order_by(sales_table.c.created_at, sales_table.c.id))).all()
+        auction_rows = (await conn.execute(sa.select(auctions_table.c.id, auctions_table.c.sku, auctions_table.c.status)
+                                           .where(auctions_table.c.stream_id == stream_id)
+                                           .order_by(auctions_table.c.created_at, auctions_table.c.id))).all()
         gb_rows = (await conn.execute(sa.select(groupbuys_table.c.id, groupbuys_table.c.sku)
                                       .where(groupbuys_table.c.stream_id == stream_id)
                                       .order_by(groupbuys_table.c.created_at, groupbuys_table.c.id))).all()
-        auction_rows = (await conn.execute(sa.select(auctions_table.c.id, auctions_table.c.sku)
-                                           .where(auctions_table.c.stream_id == stream_id)
-                                           .order_by(auctions_table.c.created_at, auctions_table.c.id))).all()
-    aud, sales, gbs, wins = await asyncio.gather(
+    aud, sales, auctions, gbs = await asyncio.gather(
         state.audience(svc.redis, stream_id),
         asyncio.gather(*(_sale_figures(svc, r.id, r.sku) for r in sale_rows)),
-        asyncio.gather(*(_groupbuy_figures(svc, r.id, r.sku) for r in gb_rows)),
-        # An auction's winning order lives in sale-shaped keys (docs/auctions.md): folded as a sale's.
-        asyncio.gather(*(_sale_figures(svc, r.id, r.sku, kind="auction") for r in auction_rows)))
-    sales = [*sales, *wins, *(figs for figs, _ in gbs)]
+        asyncio.gather(*(_auction_figures(svc, r.id, r.sku, r.status) for r in auction_rows)),
+        asyncio.gather(*(_groupbuy_figures(svc, r.id, r.sku) for r in gb_rows)))
+    sales = [*sales, *auctions, *(figs for figs, _ in gbs)]
     referrals: Counter[str] = Counter()
     for _, refs in gbs:
         referrals.update(refs)

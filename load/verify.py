@@ -2,7 +2,7 @@
 lost an order. Exit 0 when every check passes, 1 when one fails (each failure is named), 2 for bad
 usage or an unknown sale.
 
-`load` must not import `commerce` (DESIGN.md: load talks to the server over HTTP/WebSocket and reads
+`load` must not import `commerce` (docs/design.md: load talks to the server over HTTP/WebSocket and reads
 Redis/SQL). The layout read here is commerce's, restated (source of truth: commerce/keys.py,
 commerce/schema.py, commerce/lua/*.lua):
 

@@ -82,7 +82,7 @@ async def sql_rows(server: LiveServer, table: sa.Table, where: Any) -> list[Any]
 
 
 async def test_proxy_rules_ties_raise_and_retries_over_http(api: Api, redis_url: str) -> None:
-    """Each rule as a client sees it (DESIGN's example amounts), a retried key answers 200 with the first
+    """Each rule as a client sees it (docs/auctions.md's amounts), a retried key answers 200 with the first
     answer, another max under the same key is 422, and no maximum appears in GET or the stream log."""
     a = await setup_auction(api)
     aid = a["id"]
