@@ -1,5 +1,5 @@
 """The per-process hub: rooms of local viewers, one Redis pub/sub subscription per process, and the
-per-tick flushes (DESIGN.md "Fan-out rules").
+per-tick flushes (docs/design.md "Fan-out rules").
 
 A process subscribes to `stream:{id}` when the stream gets its first local viewer and lets go of
 it a grace period after the last one left. Every message on a channel is a complete JSON event:
@@ -57,7 +57,7 @@ def _env_float(name: str, default: float) -> float:
 
 @dataclass
 class HubConfig:
-    """Tunables; the defaults are DESIGN.md's. `from_env` reads LIVESALE_WS_* overrides."""
+    """Tunables; the defaults are docs/design.md's. `from_env` reads LIVESALE_WS_* overrides."""
 
     # Stream-log events wait at most this long to share a frame; the first after a quiet spell goes at
     # once. 15 ms: at 50 events/s nearly every event leaves at once, at 200/s about 3 share a frame.
