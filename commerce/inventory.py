@@ -49,7 +49,12 @@ OUTCOME = {
 log = logging.getLogger("livesale.inventory")
 _BATCH = m.histogram(m.RESERVE_BATCH)
 MAX_PER_CALL = 256  # buyers per EVALSHA: bounds how long one script blocks Redis
-MAX_REDIRECTS = 5  # MOVED/ASK/TRYAGAIN hops one call may take on a cluster before its buyers get the error
+# MOVED/ASK/TRYAGAIN hops one call may take on a cluster (within the batch's deadline) before its buyers
+# get a 503: while a migration has moved some of a sale's keys and not the rest, the call bounces between
+# the two masters (ASK, then TRYAGAIN) until the last key has moved.
+MAX_REDIRECTS = 100
+TRYAGAIN_S = 0.01
+_REDIRECTED = (rx.AskError, rx.TryAgainError, rx.ClusterDownError)
 _ASKING = b"*1\r\n$6\r\nASKING\r\n"
 
 
@@ -168,6 +173,7 @@ class Reserver:
         # master, by the slot of each sale's hash tag (docs/cluster.md).
         self._cluster = is_cluster(redis)
         self._node_idle: dict[str, list[Any]] = {}
+        self.redirects = 0  # calls sent again after MOVED, ASK or TRYAGAIN (a slot on the move)
         self.on_stock: Any = None  # callable(sale_id, available, held) after each batch
         self.accepted_at = -1.0  # loop time of the last batch that reserved units for someone
 
@@ -261,6 +267,8 @@ class Reserver:
                     exc2: Exception = res if isinstance(res, Exception) else UnknownSale(sale_id)
                     if refuses_writes(exc2):
                         exc2 = Unavailable(f"redis refuses writes: {exc2}")
+                    elif isinstance(exc2, _REDIRECTED):
+                        exc2 = Unavailable(f"redis cluster still moving the sale: {exc2.__class__.__name__}")
                     for op in ops:
                         op.tell(exc2)
                     continue
@@ -345,8 +353,9 @@ class Reserver:
                         todo.append(i)
             if not todo:
                 break
+            self.redirects += len(todo)
             if again:
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(TRYAGAIN_S)
         return results, retried
 
     async def _round_trip(self, packed: bytes, replies: int, addr: tuple[str, int] | None = None) -> tuple[list[Any], bool]:
