@@ -267,6 +267,8 @@ class Reserver:
                     exc2: Exception = res if isinstance(res, Exception) else UnknownSale(sale_id)
                     if refuses_writes(exc2):
                         exc2 = Unavailable(f"redis refuses writes: {exc2}")
+                    elif isinstance(exc2, REDIS_DOWN):
+                        exc2 = Unavailable(f"redis unreachable: {exc2.__class__.__name__}")
                     elif isinstance(exc2, _REDIRECTED):
                         exc2 = Unavailable(f"redis cluster still moving the sale: {exc2.__class__.__name__}")
                     for op in ops:
@@ -328,9 +330,18 @@ class Reserver:
                 by_node.setdefault(addr, []).append(i)
             sent = [(addr, idx, b"".join(_ASKING + packed[i] if i in asking else packed[i] for i in idx),
                      len(idx) + sum(i in asking for i in idx)) for addr, idx in by_node.items()]
-            replies = await asyncio.gather(*(self._round_trip(blob, n, addr) for addr, _, blob, n in sent))
+            # A master that is down fails its own calls only; the others' buyers get their answers.
+            replies = await asyncio.gather(*(self._round_trip(blob, n, addr) for addr, _, blob, n in sent),
+                                           return_exceptions=True)
             asked, todo, asking, again = asking, [], {}, False
-            for (_, idx, _, _), (out, resent) in zip(sent, replies, strict=True):
+            for (_, idx, _, _), reply in zip(sent, replies, strict=True):
+                if isinstance(reply, BaseException):
+                    if not isinstance(reply, Exception):
+                        raise reply
+                    for i in idx:
+                        results[i] = reply
+                    continue
+                out, resent = reply
                 retried = retried or resent
                 it = iter(out)
                 for i in idx:
