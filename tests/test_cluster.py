@@ -167,20 +167,26 @@ def _migrate(cluster: EmbeddedCluster, slot: int, dst: EmbeddedRedis, between: A
         _client(node).execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
 
 
-async def _waves(apis: tuple[Api, Api], sale_id: str, waves: int, per_wave: int) -> list[tuple[float, str]]:
-    """Buyers in waves `WAVE_GAP_S` apart (a spike that lasts); (time answered, order id) of each 201."""
+async def _waves(apis: tuple[Api, Api], sale_id: str, moved: asyncio.Event, tag: str,
+                 per_wave: int = 10, max_waves: int = 80) -> list[tuple[float, str]]:
+    """Buyers in waves `WAVE_GAP_S` apart until three waves after `moved` is set (or `max_waves`);
+    (time answered, order id) of each 201."""
     out: list[tuple[float, str]] = []
 
     async def one(i: int) -> None:
-        st, body = await apis[i % 2].reserve(sale_id, f"w{i}", f"k-w{i}")
+        st, body = await apis[i % 2].reserve(sale_id, f"{tag}{i}", f"k-{tag}{i}")
         assert st in (201, 409), body
         if st == 201:
             out.append((time.monotonic(), body["id"]))
 
-    tasks = []
-    for w in range(waves):
+    tasks: list[asyncio.Future[None]] = []
+    after = 0
+    for w in range(max_waves):
         tasks += [asyncio.ensure_future(one(w * per_wave + j)) for j in range(per_wave)]
         await asyncio.sleep(WAVE_GAP_S)
+        after += moved.is_set()
+        if after > 3:
+            break
     await asyncio.gather(*tasks)
     return out
 
@@ -191,9 +197,9 @@ WAVE_GAP_S = 0.04
 async def test_slot_migrated_mid_spike_loses_nothing(
         cluster_settings: Settings, redis_cluster: EmbeddedCluster, database_url: str) -> None:
     """A sale's slot moved to another master (two keys per MIGRATE, 50 ms apart) while buyers pour in
-    through two processes: no oversell, orders accepted before, during and after the move, every one
-    readable through the API and in SQL, and the sale served by its new master afterwards."""
-    stock, waves, per_wave = 200, 12, 20
+    through two processes, then a rush that sells it out: no oversell, orders accepted before and after
+    the move, every one readable through the API and in SQL, the sale served by its new master."""
+    stock = 1000
     srv = spawn_server(cluster_settings)
     try:
         async with Api(srv) as api, start_app_server(cluster_settings) as local, Api(local) as api_b:
@@ -202,22 +208,25 @@ async def test_slot_migrated_mid_spike_loses_nothing(
             slot = key_slot(keys.sale(sale_id).encode())
             src = redis_cluster.owner(slot)
             dst = next(nd for nd in redis_cluster.nodes if nd is not src)
-            spike = asyncio.ensure_future(_waves((api, api_b), sale_id, waves, per_wave))
+            moved = asyncio.Event()
+            spike = asyncio.ensure_future(_waves((api, api_b), sale_id, moved, "w"))
             await asyncio.sleep(2 * WAVE_GAP_S)  # the first waves are in
             started = time.monotonic()
             await asyncio.to_thread(_migrate, redis_cluster, slot, dst, lambda: time.sleep(0.05))
-            moved = time.monotonic()
+            done_at = time.monotonic()
+            moved.set()
             accepted = await spike
-            assert any(t < started for t, _ in accepted) and any(t > moved for t, _ in accepted)
+            assert any(t < started for t, _ in accepted) and any(t > done_at for t, _ in accepted)
             reserver = local.app[COMMERCE].reserver  # type: ignore[index]
             assert reserver.redirects > 0  # the in-process server met the move, and followed it
             ids = [oid for _, oid in accepted]
-            assert len(ids) == len(set(ids)) == stock  # 240 buyers for 200 units: sold out, none twice
+            ids += await _spike(api, api_b, sale_id, stock - len(ids) + 50, "rush")  # sells out
+            assert len(ids) == len(set(ids)) == stock  # 50 buyers more than units left: none twice
             assert _home(redis_cluster, sale_id) is dst
             _check_units(redis_cluster, sale_id, stock, ids)
             for oid in ids[:: stock // 20]:
                 st, body = await api.call("GET", f"/api/orders/{oid}", token=srv.token(_buyer(redis_cluster, oid)))
                 assert st == 200 and body["id"] == oid, body
-            await wait_for(lambda: set(ids) <= set(_sql_orders(database_url)), timeout=20)
+            await wait_for(lambda: set(ids) <= set(_sql_orders(database_url)), timeout=30)
     finally:
         stop_server(srv)
