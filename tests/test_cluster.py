@@ -230,3 +230,75 @@ async def test_slot_migrated_mid_spike_loses_nothing(
             await wait_for(lambda: set(ids) <= set(_sql_orders(database_url)), timeout=30)
     finally:
         stop_server(srv)
+
+
+async def test_auction_groupbuy_pay_and_cancel_run_on_the_cluster(cluster_settings: Settings) -> None:
+    """The other scripts on the cluster, through the API: bids, an auction's close and its winner's order
+    paid and in SQL, a group-buy group opened and joined, a flash-sale order paid and another cancelled."""
+    from commerce.auctions import AUCTIONS
+    from livesale.services import SERVICES
+    from tests.groupbuy_helpers import join_group, open_group, setup_groupbuy
+    from tests.test_auctions import place, setup_auction
+
+    async with start_app_server(cluster_settings) as srv, Api(srv) as api:
+        assert srv.app is not None
+        svc = srv.app[SERVICES]
+        a = await setup_auction(api, duration_s=3600)
+        assert (await place(api, a["id"], "ann", 4000, "k"))[0] == 201
+        assert (await place(api, a["id"], "ben", 2500, "k"))[0] == 201
+        ends = int(await svc.redis.hget(keys.auction(a["stream_id"], a["id"]), "ends_at"))  # type: ignore[misc]
+        c = await srv.app[AUCTIONS].settle(a["id"], ends)
+        assert c is not None and (c.status, c.winner, c.price) == ("sold", "ann", 2600)
+        st, paid = await api.call("POST", f"/api/orders/{c.order}/pay", token=srv.token("ann"),
+                                  json={"payment_method": "pm_card_visa"})
+        assert (st, paid["status"]) == (200, "paid")
+
+        g = await setup_groupbuy(api)
+        st, opened = await open_group(api, g["gb_id"], "gia")
+        assert st == 201, opened
+        st, joined = await join_group(api, opened["group"], "hal")
+        assert st == 201, joined
+        st, group = await api.call("GET", f"/api/groups/{opened['group']}")
+        assert (st, group["members"], group["status"]) == (200, 2, "open")
+
+        s = await api.setup_sale(stock=5)
+        st1, o1 = await api.reserve(s["sale_id"], "ivy", "k1")
+        st2, o2 = await api.reserve(s["sale_id"], "jon", "k2")
+        assert (st1, st2) == (201, 201)
+        st, paid = await api.call("POST", f"/api/orders/{o1['id']}/pay", token=srv.token("ivy"),
+                                  json={"payment_method": "pm_card_visa"})
+        assert (st, paid["status"]) == (200, "paid")
+        st, cancelled = await api.call("POST", f"/api/orders/{o2['id']}/cancel", token=srv.token("jon"))
+        assert (st, cancelled["status"]) == (200, "cancelled")
+        st, sale = await api.call("GET", f"/api/sales/{s['sale_id']}")
+        assert (sale["available"], sale["held"], sale["sold"]) == (4, 0, 1)
+
+        async def in_sql() -> bool:
+            want = {c.order: "paid", o1["id"]: "paid", o2["id"]: "cancelled"}
+            async with svc.db.connect() as conn:
+                rows = dict((await conn.exec_driver_sql("SELECT id, status FROM orders")).all())
+            return all(rows.get(k) == v for k, v in want.items())
+
+        await wait_for(in_sql, timeout=20)
+
+
+async def test_cluster_url_or_env_connects_a_cluster_client(redis_cluster: EmbeddedCluster, cluster_url: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """redis+cluster://h:p,h:p and a plain redis:// URL with LIVESALE_REDIS_CLUSTER=1 both give a cluster
+    client that reaches keys on every master; a plain URL alone stays a single-node client."""
+    from livesale.redis_client import cluster_nodes, connect, is_cluster
+
+    seeds = cluster_nodes(cluster_url)
+    assert [(n.host, n.port) for n in seeds] == [("127.0.0.1", n.port) for n in redis_cluster.nodes]
+    one = redis_cluster.nodes[1].url
+    assert not is_cluster(connect(one))
+    monkeypatch.setenv("LIVESALE_REDIS_CLUSTER", "1")
+    for url in (cluster_url, one):
+        r = connect(url)
+        assert is_cluster(r)
+        sale_ids = [f"s{i}" for i in range(30)]
+        for sid in sale_ids:
+            await r.set(keys.sale(sid), sid)
+        assert [await r.get(keys.sale(sid)) for sid in sale_ids] == [sid.encode() for sid in sale_ids]
+        assert {_node(redis_cluster, sid).port for sid in sale_ids} == {n.port for n in redis_cluster.nodes}
+        await r.aclose()
