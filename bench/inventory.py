@@ -220,11 +220,12 @@ class Result:
 
 
 def run_wrk(wrk: str, url: str, path: str, tokens: Path, args: argparse.Namespace, prefix: str,
-            core: int | None) -> dict[str, Any]:
+            core: int | None, mode: str = "") -> dict[str, Any]:
+    """`mode` "bid": bids instead of purchases (bench/auction.py)."""
     cmd = pinned(core, [
         wrk, "-t", str(args.threads), "-c", str(args.connections), "-d", f"{PHASE_LIMIT_S}s",
         "--timeout", "5s", "-s", str(HERE / "inventory.lua"), url, "--",
-        str(tokens), path, str(args.attempts), prefix, str(args.threads),
+        str(tokens), path, str(args.attempts), prefix, str(args.threads), mode,
     ])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
@@ -37,14 +37,21 @@ async def _stream_owner(svc: Services, request: web.Request, stream_id: str) -> 
     return {"host": meta[0].decode(), "status": meta[1].decode()}
 
 
-async def create_sale(request: web.Request) -> web.Response:
+async def _new_on_stream(request: web.Request, validate: Callable[[dict[str, Any]], dict[str, Any]]
+                         ) -> tuple[Services, str, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The checks before a sale or an auction is opened on a stream, in order: its host, the body,
+    a stream that has not ended, the product. Returns (svc, stream id, stream, spec, product)."""
     svc = request.app[SERVICES]
     stream_id = request.match_info["id"]
     stream = await _stream_owner(svc, request, stream_id)
-    spec = sales.validate_sale(await read_json(request))
+    spec = validate(await read_json(request))
     if stream["status"] == "ended":
         raise Conflict("the stream has ended", code=ErrorCode.INVALID_STATE)
-    product = await catalog.get_product(svc, spec["sku"])
+    return svc, stream_id, stream, spec, await catalog.get_product(svc, spec["sku"])
+
+
+async def create_sale(request: web.Request) -> web.Response:
+    svc, stream_id, _, spec, product = await _new_on_stream(request, sales.validate_sale)
     return json_response(await sales.create_sale(svc, stream_id, spec, product), 201)
 
 
@@ -70,20 +77,16 @@ async def get_sale(request: web.Request) -> web.Response:
 
 
 async def create_auction(request: web.Request) -> web.Response:
-    svc = request.app[SERVICES]
-    stream_id = request.match_info["id"]
-    stream = await _stream_owner(svc, request, stream_id)
-    spec = auctions.validate_auction(await read_json(request))
-    if stream["status"] == "ended":
-        raise Conflict("the stream has ended", code=ErrorCode.INVALID_STATE)
-    product = await catalog.get_product(svc, spec["sku"])
+    _, stream_id, stream, spec, product = await _new_on_stream(request, auctions.validate_auction)
     return json_response(await request.app[AUCTIONS].create(stream_id, stream["host"], spec, product), 201)
 
 
 async def start_auction(request: web.Request) -> web.Response:
     svc, auc = request.app[SERVICES], request.app[AUCTIONS]
     info = await auc.info(request.match_info["id"])
-    await _stream_owner(svc, request, info.stream)
+    stream = await _stream_owner(svc, request, info.stream)
+    if stream["status"] == "ended":
+        raise Conflict("the stream has ended", code=ErrorCode.INVALID_STATE)
     return json_response(await auc.start(info.id))
 
 

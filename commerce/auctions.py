@@ -25,6 +25,7 @@ from aiohttp import web
 
 from commerce import keys
 from commerce.auction_rules import MAX_BID_CENTS, increment
+from commerce.sales import validate_fields
 from commerce.schema import auctions as auctions_table
 from livesale.bus import LOG_PRELUDE, channel, log_key, now_ms, seq_key
 from livesale.codes import ErrorCode
@@ -60,16 +61,7 @@ MAX_PER_CALL = 256  # bids per script call: bounds how long one call blocks Redi
 
 
 def validate_auction(body: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    sku = body.get("sku")
-    if not isinstance(sku, str) or not sku:
-        raise Unprocessable("sku must be a non-empty string")
-    out["sku"] = sku
-    for name, (lo, hi) in LIMITS.items():
-        v = body.get(name, DEFAULTS.get(name))
-        if type(v) is not int or not lo <= v <= hi:
-            raise Unprocessable(f"{name} must be an integer from {lo} to {hi}")
-        out[name] = v
+    out = validate_fields(body, LIMITS, DEFAULTS)
     sudden = body.get("sudden_death", False)
     if type(sudden) is not bool:
         raise Unprocessable("sudden_death must be true or false")
@@ -148,6 +140,18 @@ def auction_view(auction_id: str, values: Sequence[bytes | None], now: int, *, f
     return view
 
 
+async def list_for_stream(svc: Services, stream_id: str) -> list[dict[str, Any]]:
+    """The stream's auctions, oldest first (`GET /api/streams/{id}/sales` key `auctions`, snapshots)."""
+    ids = [i.decode() for i in await svc.redis.zrange(keys.stream_auctions(stream_id), 0, -1)]
+    if not ids:
+        return []
+    pipe = svc.redis.pipeline(transaction=False)
+    for auction_id in ids:
+        pipe.hmget(keys.auction(stream_id, auction_id), *_FIELDS)
+    now = now_ms()
+    return [auction_view(i, v, now) for i, v in zip(ids, await pipe.execute(), strict=True) if v[0] is not None]
+
+
 @dataclass(slots=True)
 class Closed:
     """Where one auction stands after a close attempt."""
@@ -203,15 +207,6 @@ class Auctions:
             raise NotFound(f"no auction {auction_id!r}")
         return auction_view(auction_id, values, now_ms(), for_host=for_host)
 
-    async def list_for_stream(self, stream_id: str) -> list[dict[str, Any]]:
-        """The stream's auctions, oldest first (for `GET /api/streams/{id}/sales`, key `auctions`)."""
-        ids = [i.decode() for i in await self.svc.redis.zrange(keys.stream_auctions(stream_id), 0, -1)]
-        pipe = self.svc.redis.pipeline(transaction=False)
-        for auction_id in ids:
-            pipe.hmget(keys.auction(stream_id, auction_id), *_FIELDS)
-        now = now_ms()
-        return [auction_view(i, v, now) for i, v in zip(ids, await pipe.execute(), strict=True) if v[0] is not None]
-
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def create(self, stream_id: str, host: str, spec: dict[str, Any], product: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +215,8 @@ class Auctions:
         created = int(now.timestamp() * 1000)
         async with self.svc.db.begin() as conn:
             await conn.execute(auctions_table.insert().values(
-                id=auction_id, stream_id=stream_id, sku=spec["sku"], starting_bid_cents=spec["starting_bid_cents"],
+                id=auction_id, stream_id=stream_id, sku=spec["sku"], currency=product["currency"],
+                starting_bid_cents=spec["starting_bid_cents"],
                 reserve_cents=spec["reserve_cents"], duration_s=spec["duration_s"],
                 sudden_death=spec["sudden_death"], hold_s=spec["hold_s"], status="scheduled", created_at=now,
             ))

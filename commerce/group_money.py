@@ -44,6 +44,7 @@ from livesale.errors import Conflict, NotFound, PaymentDeclined, Unavailable, Un
 from livesale.redis_client import redis_errors
 from livesale.services import Services
 from livesale.tasks import keep_running
+from monitoring import metrics as m
 
 log = logging.getLogger("livesale.groupbuy")
 
@@ -161,6 +162,7 @@ async def join(svc: Services, provider: PaymentProvider, gb_id: str, gid: str, u
         raise NotFound(f"no group {gid!r}" if gid else f"no group-buy {gb_id!r}")
     if code == 2:
         why = r[1].decode()
+        _count_join(why)
         if why == "idempotency_conflict":
             raise Unprocessable("Idempotency-Key was used for another group or payment method",
                                 code=ErrorCode.IDEMPOTENCY_CONFLICT, order=r[2].decode())
@@ -170,6 +172,7 @@ async def join(svc: Services, provider: PaymentProvider, gb_id: str, gid: str, u
     price = int(price0)
     cur = currency.decode()
     if code == 1 and r[3] != b"pending":
+        _count_join("retry")
         return 200, {"group": gid, "member": oid, "charged_cents": price, "status": r[3].decode()}
     created = int(time.time() * 1000)
     member = {"id": oid, "groupbuy_id": gb_id, "group_id": gid, "user_id": user, "idempotency_key": key,
@@ -189,6 +192,7 @@ async def join(svc: Services, provider: PaymentProvider, gb_id: str, gid: str, u
     except ProviderUnavailable as exc:  # the member stays pending: a retry or the sweeper settles it
         raise Unavailable(f"the payment provider is unreachable: {exc}") from None
     if not charge.ok:
+        _count_join("declined")
         await _release(svc, gb_id, oid)
         await _best_effort("declined charge", _close_payment(svc.db, oid, "charge", "declined", charge.id))
         raise PaymentDeclined(f"the card was declined ({charge.decline_code}); nothing is held")
@@ -202,6 +206,7 @@ async def join(svc: Services, provider: PaymentProvider, gb_id: str, gid: str, u
         raise Conflict("the join took too long and was undone; the charge is refunded", code=ErrorCode.GROUP_CLOSED)
     await _best_effort("joined member", _record_joined(svc.db, oid, charge.id, dict(
         member, status="joined", charged_cents=price, version=V_JOINED, updated_at=_now())))
+    _count_join("joined" if code == 0 else "retry")
     if int(c[0]) == 0:
         try:
             if int(c[2]) >= int(c[4]):  # full: close now (else the sweeper does, within a tick)
@@ -211,6 +216,11 @@ async def join(svc: Services, provider: PaymentProvider, gb_id: str, gid: str, u
         except Exception:  # noqa: BLE001 - the member has joined; the sweeper finishes the close
             log.warning("group %s: announcing or closing after a join failed", gid, exc_info=True)
     return (201 if code == 0 else 200), {"group": gid, "member": oid, "charged_cents": price, "status": "joined"}
+
+
+def _count_join(outcome: str) -> None:
+    if m.ENABLED:
+        m.GROUP_JOINS.labels(outcome).inc()
 
 
 async def _release(svc: Services, gb_id: str, oid: str) -> bool:
@@ -238,6 +248,8 @@ async def _refund_charge(svc: Services, provider: PaymentProvider, oid: str, cha
     except ProviderUnavailable as exc:  # the `charge` row stays open: the sweeper's pass refunds it
         log.warning("refund of %s for member %s failed (%s); left to the sweeper", charge_id, oid, exc)
         return
+    if m.ENABLED:
+        m.GROUP_REFUNDS.labels("void").inc()
     await _best_effort("void refund", _close_payment(svc.db, oid, "charge", "refunded", charge_id))
 
 
@@ -248,6 +260,8 @@ async def close_group(svc: Services, provider: PaymentProvider, gb_id: str, gid:
     r: Any = await gbm.CLOSE(svc.redis, ks, [gid, "1" if force else "0"])
     if int(r[0]) != 0:
         return False
+    if m.ENABLED:
+        m.GROUPS_CLOSED.labels(r[1].decode()).inc()
     await settle_group(svc, provider, gb_id, gid)
     return True
 
@@ -290,6 +304,8 @@ async def _settle_member(svc: Services, provider: PaymentProvider, gb_id: str, o
     if due > refunded:
         await _open_payment(svc.db, oid, "refund", method.decode(), due, currency, cid.decode())
         await provider.refund(cid.decode(), due, idempotency_key=f"{oid}:refund")
+        if m.ENABLED:
+            m.GROUP_REFUNDS.labels("full" if amount == 0 else "difference").inc()
         if _REFUND_DELAY:
             await asyncio.sleep(_REFUND_DELAY)
         await _close_payment(svc.db, oid, "refund", "done", cid.decode())
@@ -394,10 +410,8 @@ class GroupSweeper:
         charge = await self.provider.lookup(oid, method.decode())
         if charge is not None and charge.ok:
             c: Any = await gbm.CONFIRM(self.svc.redis, ks, [oid, charge.id, price])
-            if int(c[0]) == 0:
+            if int(c[0]) == 0:  # (a group it fills is marked due by the confirm itself)
                 await _best_effort("charge", _close_payment(self.svc.db, oid, "charge", "done", charge.id))
-                if int(c[2]) >= int(c[4]):
-                    await self.svc.redis.zadd(ks[5], {c[1].decode(): 0})
         else:
             # No charge (or a declined one): release. A charge its request makes after this is
             # refunded by that request (confirm refuses), or by reconcile_charges if it died.

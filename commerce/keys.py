@@ -1,5 +1,5 @@
 """Redis keys of commerce. Every key of one sale shares the hash tag `{sale:ID}` so each inventory
-script touches one Cluster slot (STYLE.md #8)."""
+script touches one Cluster slot (CONTRIBUTING.md #8)."""
 
 OPEN_SALES = "commerce:sales:open"  # set of sale ids the sweeper and the order writer follow
 WRITER_GROUP = "order-writer"

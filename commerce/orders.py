@@ -322,6 +322,7 @@ def _refused(com: Commerce, order_id: str, status: bytes | str) -> Conflict:
 async def pay(request: web.Request) -> web.Response:
     svc, com = request.app[SERVICES], request.app[COMMERCE]
     user = svc.auth.from_header(request.headers.get("Authorization"))
+    await _refuse_group_member(svc, request.match_info["id"], user)
     order_id = _order_id(request)
     body = await read_json(request)
     method = body.get("payment_method")
@@ -400,6 +401,7 @@ async def _pay_free(svc: Services, com: Commerce, order: dict[str, Any], owner: 
 async def cancel(request: web.Request) -> web.Response:
     svc, com = request.app[SERVICES], request.app[COMMERCE]
     user = svc.auth.from_header(request.headers.get("Authorization"))
+    await _refuse_group_member(svc, request.match_info["id"], user)
     order_id = _order_id(request)
     owner = await _acting_for(svc, order_id, user)
     with redis_errors():
@@ -413,6 +415,14 @@ async def cancel(request: web.Request) -> web.Response:
     com.stock.note(keys.sale_of_order(order_id), int(r[1]))
     order = await _load_order(svc, com, order_id, user)
     return json_response(order)
+
+
+async def _refuse_group_member(svc: Services, order_id: str, user: User) -> None:
+    """A group-buy member's order is charged when they join and settled when the group closes
+    (docs/groupbuy.md): it is never pending, so pay and cancel answer 409 (404 for another user's)."""
+    if groupbuys.MEMBER_ID_RE.match(order_id):
+        order = await groupbuys.get_member_order(svc, order_id, user.id, user.role == "admin")
+        raise _not_pending(order["status"])
 
 
 async def get_order(request: web.Request) -> web.Response:

@@ -27,6 +27,9 @@ LIMITS = {
     "hold_s": (1, 86400),
 }
 
+EARLIEST_START = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_START = datetime(3000, 1, 1, tzinfo=UTC)
+
 
 def parse_time(value: Any) -> int:
     """RFC 3339 string -> epoch ms."""
@@ -38,20 +41,31 @@ def parse_time(value: Any) -> int:
         raise Unprocessable("starts_at must be an RFC 3339 time such as 2026-01-01T20:00:00Z") from exc
     if dt.tzinfo is None:
         raise Unprocessable("starts_at needs a time zone (use Z for UTC)")
+    # Every time a sale shows (starts_at, ends_at = starts_at + up to 7 days) must be one an RFC 3339
+    # string can carry: a start in year 1 or 9999 would make the sale, and every view listing it, fail.
+    if not EARLIEST_START <= dt < LATEST_START:
+        raise Unprocessable("starts_at must be from 2000-01-01 to 2999-12-31")
     return int(dt.timestamp() * 1000)
 
 
-def validate_sale(body: dict[str, Any]) -> dict[str, Any]:
+def validate_fields(body: dict[str, Any], limits: dict[str, tuple[int, int]],
+                    defaults: dict[str, int] | None = None) -> dict[str, Any]:
+    """`sku` and the integer fields of a new sale or auction, each within its (low, high) limits."""
     out: dict[str, Any] = {}
     sku = body.get("sku")
     if not isinstance(sku, str) or not sku:
         raise Unprocessable("sku must be a non-empty string")
     out["sku"] = sku
-    for name, (lo, hi) in LIMITS.items():
-        v = body.get(name)
+    for name, (lo, hi) in limits.items():
+        v = body.get(name, (defaults or {}).get(name))
         if type(v) is not int or not lo <= v <= hi:
             raise Unprocessable(f"{name} must be an integer from {lo} to {hi}")
         out[name] = v
+    return out
+
+
+def validate_sale(body: dict[str, Any]) -> dict[str, Any]:
+    out = validate_fields(body, LIMITS)
     out["starts_at"] = parse_time(body["starts_at"]) if body.get("starts_at") is not None else 0
     return out
 

@@ -76,6 +76,7 @@ auctions = sa.Table(
     sa.Column("id", sa.String(40), primary_key=True),
     sa.Column("stream_id", sa.String(40), nullable=False, index=True),
     sa.Column("sku", sa.String(64), nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
     sa.Column("starting_bid_cents", sa.BigInteger, nullable=False),
     sa.Column("reserve_cents", sa.BigInteger, nullable=False),
     sa.Column("duration_s", sa.Integer, nullable=False),

@@ -1,4 +1,4 @@
-"""HTTP handlers for streams: create, start, end, get, pin (DESIGN.md "HTTP API")."""
+"""HTTP handlers for streams: create, start, end, get, pin (docs/design.md "HTTP API")."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import orjson
 import sqlalchemy as sa
 from aiohttp import web
 
+import commerce.auctions
 import commerce.catalog
 import commerce.groupbuys
 import commerce.sales
@@ -78,6 +79,7 @@ async def snapshot_source(svc: Services, stream_id: str) -> dict[str, Any] | Non
         "stream": {k: st[k] for k in ("id", "status", "host", "title", "video")},
         "pinned": st["pinned"],
         "sales": await commerce.sales.list_for_stream(svc, stream_id),
+        "auctions": await commerce.auctions.list_for_stream(svc, stream_id),
     }
 
 

@@ -14,6 +14,7 @@ import commerce.orders
 import live.api
 import live.discovery
 import live.media
+import live.openapi
 import live.pages
 import live.stats
 import realtime
@@ -73,6 +74,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", guarded(exposition.metrics_handler))
     app.router.add_get("/healthz", guarded(healthz))
     app.router.add_get("/readyz", guarded(readyz))
+    live.openapi.setup(app)
     catch_all(app)  # last: every path no route above matched
     return app
 

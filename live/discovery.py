@@ -17,9 +17,10 @@ import sqlalchemy as sa
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from commerce import groupbuys
+from commerce import auctions, groupbuys
 from commerce import keys as commerce_keys
 from commerce.sales import sale_view
+from commerce.schema import auctions as auctions_table
 from commerce.schema import group_orders
 from commerce.schema import groupbuys as groupbuys_table
 from commerce.schema import orders as orders_table
@@ -157,8 +158,9 @@ async def stream_sales(request: web.Request) -> web.Response:
             pipe.hgetall(commerce_keys.sale(sale_id))
         hashes = await pipe.execute() if ids else []
         gbs = await groupbuys.list_for_stream(svc, stream_id)
+        aucs = await auctions.list_for_stream(svc, stream_id)
     return json_response({"sales": [sale_view(i, h) for i, h in zip(ids, hashes, strict=True) if h],
-                          "groupbuys": gbs})
+                          "auctions": aucs, "groupbuys": gbs})
 
 
 # --- GET /api/streams/{id}/comments
@@ -202,11 +204,27 @@ async def _sale_orders(conn: AsyncConnection, user_id: str, after: tuple[datetim
     q = (sa.select(o.id, o.sale_id, o.quantity, o.amount_cents, o.status, o.created_at, s.stream_id, s.sku,
                    s.currency)
          .select_from(orders_table.outerjoin(sales_table, s.id == o.sale_id))
-         .where(o.user_id == user_id))
+         .where(o.user_id == user_id, o.sale_id.notlike("au%")))  # auction wins: _auction_orders
     if after is not None:
         q = q.where(sa.or_(o.created_at < after[0], sa.and_(o.created_at == after[0], o.id < after[1])))
     rows = (await conn.execute(q.order_by(o.created_at.desc(), o.id.desc()).limit(n))).all()
     return [{"kind": "sale", "id": r.id, "sale": r.sale_id, "stream_id": r.stream_id, "sku": r.sku,
+             "status": r.status, "quantity": r.quantity, "amount_cents": r.amount_cents,
+             "currency": r.currency, "expires_at": None, "_created": to_us(r.created_at)} for r in rows]
+
+
+async def _auction_orders(conn: AsyncConnection, user_id: str, after: tuple[datetime, str] | None,
+                          n: int) -> list[dict[str, Any]]:
+    """Auction wins (docs/auctions.md): rows of `orders` whose sale_id is the auction's id."""
+    o, a = orders_table.c, auctions_table.c
+    q = (sa.select(o.id, o.sale_id, o.quantity, o.amount_cents, o.status, o.created_at, a.stream_id, a.sku,
+                   a.currency)
+         .select_from(orders_table.join(auctions_table, a.id == o.sale_id))
+         .where(o.user_id == user_id))
+    if after is not None:
+        q = q.where(sa.or_(o.created_at < after[0], sa.and_(o.created_at == after[0], o.id < after[1])))
+    rows = (await conn.execute(q.order_by(o.created_at.desc(), o.id.desc()).limit(n))).all()
+    return [{"kind": "auction", "id": r.id, "auction": r.sale_id, "stream_id": r.stream_id, "sku": r.sku,
              "status": r.status, "quantity": r.quantity, "amount_cents": r.amount_cents,
              "currency": r.currency, "expires_at": None, "_created": to_us(r.created_at)} for r in rows]
 
@@ -228,19 +246,19 @@ async def _group_orders(conn: AsyncConnection, user_id: str, after: tuple[dateti
              "expires_at": None, "_created": to_us(r.created_at)} for r in rows]
 
 
-ORDER_SOURCES: list[OrderSource] = [_sale_orders, _group_orders]
+ORDER_SOURCES: list[OrderSource] = [_sale_orders, _auction_orders, _group_orders]
 
 
 async def _live_status(svc: Services, page: list[dict[str, Any]]) -> None:
     """SQL follows Redis through the order writer: an order's status and hold are read from Redis
     while its sale's keys are there, so a payment shows at once."""
-    sale_orders = [o for o in page if o["kind"] == "sale"]
+    sale_orders = [o for o in page if o["kind"] in ("sale", "auction")]  # an auction win has a sale's keys
     group_members = [o for o in page if o["kind"] == "group"]
     if not sale_orders and not group_members:
         return
     pipe = svc.redis.pipeline(transaction=False)
     for o in sale_orders:
-        pipe.hmget(commerce_keys.orders(o["sale"]), "s:" + o["id"], "e:" + o["id"])
+        pipe.hmget(commerce_keys.orders(o.get("sale") or o["auction"]), "s:" + o["id"], "e:" + o["id"])
     for o in group_members:
         pipe.hmget(commerce_keys.groupbuy_keys(o["groupbuy"])[4], *(f + o["id"] for f in groupbuys.ORDER_FIELDS))
     found = await pipe.execute()

@@ -117,9 +117,10 @@ async def dev_token(request: web.Request) -> web.Response:
         raise Unprocessable("user must be 1-64 printable characters")
     if role not in DEV_ROLES:
         raise Unprocessable(f"role must be one of {', '.join(DEV_ROLES)}")
-    secret = request.app[SERVICES].settings.secret
-    return json_response({"token": mint(secret, user.strip(), role, DEV_TOKEN_TTL_S), "user": user.strip(),
-                          "role": role, "expires_in": DEV_TOKEN_TTL_S})
+    settings = request.app[SERVICES].settings
+    ttl = min(DEV_TOKEN_TTL_S, settings.jwt_max_lifetime_s or DEV_TOKEN_TTL_S)  # docs/auth.md's maximum
+    return json_response({"token": mint(settings.secret, user.strip(), role, ttl), "user": user.strip(),
+                          "role": role, "expires_in": ttl})
 
 
 def enable_dev_tokens(app: web.Application) -> None:

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from commerce import groupbuys
 from commerce import keys as commerce_keys
+from commerce.schema import auctions as auctions_table
 from commerce.schema import groupbuys as groupbuys_table
 from commerce.schema import orders as orders_table
 from commerce.schema import sales as sales_table
@@ -136,6 +137,16 @@ async def _sale_figures(svc: Services, sale_id: str, sku: str) -> SaleFigures:
     return figs
 
 
+async def _auction_figures(svc: Services, auction_id: str, sku: str, status: str) -> SaleFigures:
+    """An auction as a product: its winner's order is a sale-shaped order on `{sale:<auction id>}` keys
+    (docs/auctions.md), folded like a sale's. An auction not yet closed may still make an order."""
+    figs = await _sale_figures(svc, auction_id, sku)
+    figs.kind = "auction"
+    if status in ("scheduled", "active"):
+        figs.held += 1
+    return figs
+
+
 async def _groupbuy_figures(svc: Services, gb_id: str, sku: str) -> tuple[SaleFigures, Counter[str]]:
     """A group-buy as a product of the stats (docs/groupbuy.md), and its referrals per sharer."""
     g = await groupbuys.figures(svc, gb_id)
@@ -187,14 +198,18 @@ async def stream_stats(svc: Services, stream_id: str) -> dict[str, Any]:
         sale_rows = (await conn.execute(sa.select(sales_table.c.id, sales_table.c.sku)
                                         .where(sales_table.c.stream_id == stream_id)
                                         .order_by(sales_table.c.created_at, sales_table.c.id))).all()
+        auction_rows = (await conn.execute(sa.select(auctions_table.c.id, auctions_table.c.sku, auctions_table.c.status)
+                                           .where(auctions_table.c.stream_id == stream_id)
+                                           .order_by(auctions_table.c.created_at, auctions_table.c.id))).all()
         gb_rows = (await conn.execute(sa.select(groupbuys_table.c.id, groupbuys_table.c.sku)
                                       .where(groupbuys_table.c.stream_id == stream_id)
                                       .order_by(groupbuys_table.c.created_at, groupbuys_table.c.id))).all()
-    aud, sales, gbs = await asyncio.gather(
+    aud, sales, auctions, gbs = await asyncio.gather(
         state.audience(svc.redis, stream_id),
         asyncio.gather(*(_sale_figures(svc, r.id, r.sku) for r in sale_rows)),
+        asyncio.gather(*(_auction_figures(svc, r.id, r.sku, r.status) for r in auction_rows)),
         asyncio.gather(*(_groupbuy_figures(svc, r.id, r.sku) for r in gb_rows)))
-    sales = [*sales, *(figs for figs, _ in gbs)]
+    sales = [*sales, *auctions, *(figs for figs, _ in gbs)]
     referrals: Counter[str] = Counter()
     for _, refs in gbs:
         referrals.update(refs)

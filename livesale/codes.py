@@ -1,4 +1,4 @@
-"""Every error code and WebSocket close code clients see, as data (STYLE.md #4).
+"""Every error code and WebSocket close code clients see, as data (CONTRIBUTING.md #4).
 
 Codes double as metric label values, so the sets are closed and small.
 """
@@ -45,7 +45,7 @@ class ErrorCode(StrEnum):
     PUBLISHER_EXISTS = "publisher_exists"
     NO_PUBLISHER = "no_publisher"
     AT_CAPACITY = "at_capacity"
-    # WebSocket `error` event codes (DESIGN.md "WebSocket").
+    # WebSocket `error` event codes (docs/design.md "WebSocket").
     INVALID_FRAME = "invalid_frame"
     UNKNOWN_TYPE = "unknown_type"
     INVALID_COMMENT = "invalid_comment"

@@ -1,4 +1,4 @@
-"""Settings from the environment (DESIGN.md "Running")."""
+"""Settings from the environment (docs/design.md "Running")."""
 
 from __future__ import annotations
 

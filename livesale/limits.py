@@ -167,23 +167,13 @@ class GatedSite(web.TCPSite):
             await server.wait_closed()  # the port is free when stop returns
 
 
-def release(transport: Any) -> None:
-    """Drop a closed WebSocket's transport if the peer left data unsent: `transport.close()` (what
-    aiohttp calls) keeps the socket until that data is written, forever for a peer that never reads."""
-    if transport is not None and transport.is_closing() and transport.get_write_buffer_size():
+def release(transport: Any, *, abnormal: bool = False) -> None:
+    """Drop a closed WebSocket's transport if the peer left data unsent, or did not answer the close
+    (`abnormal`: aiohttp's close code 1006, also after a missed heartbeat): `transport.close()` (what
+    aiohttp calls) keeps the socket until that data is written, forever for a peer that never reads,
+    and the kernel keeps what it holds for such a peer after the descriptor is gone."""
+    if transport is not None and transport.is_closing() and (abnormal or transport.get_write_buffer_size()):
         drop(transport)
-
-
-async def release_after(transport: Any, grace_s: float) -> None:
-    """`release`, after giving a peer that reads again up to `grace_s` to take the data left unsent
-    (and the close frame behind it)."""
-    deadline = asyncio.get_running_loop().time() + grace_s
-    # A closing transport signals nothing when its buffer drains (aiohttp's protocol owns the
-    # flow-control callbacks): a poll, bounded by the grace.
-    while (transport is not None and transport.is_closing()  # noqa: ASYNC110 and transport.get_write_buffer_size()
-           and asyncio.get_running_loop().time() < deadline):
-        await asyncio.sleep(0.05)
-    release(transport)
 
 
 def drop(transport: Any) -> None:

@@ -1,4 +1,4 @@
-"""Redis connection and the one place redis-py errors become ours (STYLE.md #3)."""
+"""Redis connection and the one place redis-py errors become ours (CONTRIBUTING.md #3)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Auction load: bidders piling in during an auction's last seconds, and the verifier of its outcome.
 
     python -m load.auction bid --url http://127.0.0.1:8080 --auction au... --bidders 300 --last-s 3
-    python -m load.auction verify --auction au...   # REDIS_URL, DATABASE_URL from the environment
+    livesale verify --auction au...   # or python -m load.auction verify; REDIS_URL, DATABASE_URL
 
 `bid` waits until `--last-s` seconds before the auction's end, then every bidder bids again and again
 (a fresh Idempotency-Key each time) a little over the last price it saw, up to a cap of its own drawn
@@ -161,7 +161,7 @@ async def check(redis_url: str, database_url: str, auction_id: str, *, wait_s: f
     try:
         stream_b = await r.hget("commerce:auctions", auction_id)
         if stream_b is None:
-            raise SystemExit(f"no auction {auction_id}")
+            raise LookupError(f"no auction {auction_id!r} in Redis")
         stream = stream_b.decode()
         base = f"{{stream:{stream}}}:auction:{auction_id}"
         h = {k.decode(): v.decode() for k, v in (await r.hgetall(base)).items()}
@@ -269,7 +269,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not a.redis_url or not a.database_url:
         p.error("--redis-url and --database-url (or REDIS_URL, DATABASE_URL) are needed")
-    rep = asyncio.run(check(a.redis_url, a.database_url, a.auction))
+    try:
+        rep = asyncio.run(check(a.redis_url, a.database_url, a.auction))
+    except LookupError as exc:
+        print(f"load.auction verify: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps({"ok": rep.ok, **rep.__dict__}) if a.json else rep.text())
     return 0 if rep.ok else 1
 

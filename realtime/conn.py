@@ -1,5 +1,5 @@
 """One viewer connection's outbound side: a buffer bounded in bytes and a writer that never makes
-a broadcast wait (STYLE.md #5, DESIGN.md "Fan-out rules").
+a broadcast wait (CONTRIBUTING.md #5, docs/design.md "Fan-out rules").
 
 A room hands every connection the same `Batch` (one frame, encoded once). A connection that keeps
 up gets the frame written straight to its transport, the way `websockets.broadcast()` does; one
@@ -16,8 +16,10 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import WSCloseCode
+
 from livesale.codes import CloseCode
-from livesale.limits import drop, release_after
+from livesale.limits import drop, release
 from monitoring import metrics as m
 from realtime import protocol
 
@@ -25,9 +27,10 @@ from realtime import protocol
 # queue in our own (bounded, sheddable) buffer instead.
 TRANSPORT_HIGH = 64 * 1024
 # How long a close waits for the peer's close frame (aiohttp's `WebSocketResponse(timeout=)`), and
-# for the whole close: a closed viewer's socket and buffers are released within 5 s (docs/limits.md).
-CLOSE_HANDSHAKE_S = 2.0
-CLOSE_TIMEOUT_S = 3.0
+# for the whole close, data still queued for the peer included: a closed viewer's socket and buffers
+# are released within 5 s of the close whether or not it reads (docs/limits.md).
+CLOSE_HANDSHAKE_S = 3.0
+CLOSE_TIMEOUT_S = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,15 +196,18 @@ class Conn:
         self.on_close(self, code)
 
     async def aclose(self, code: CloseCode) -> None:
-        """Send the close frame (behind any data still unsent, so a peer that reads again at once
-        gets it) and wait for the peer's. One that does not answer in time, or leaves data unsent,
-        loses the transport then (aiohttp's close only asks the transport to close once the data is
-        out, which for a peer that never reads is never)."""
-        deadline = asyncio.get_running_loop().time() + CLOSE_TIMEOUT_S
+        """Close with `code`, gracefully for CLOSE_TIMEOUT_S at most: a viewer that reads by then (a
+        phone that stalled) gets what was queued for it and the close frame. One that does not loses
+        the transport with a reset (livesale.limits.drop): aiohttp's close ends in `transport.close()`,
+        which waits for the queued data to be written, forever for a peer that never reads."""
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await self.ws.close(code=int(code), message=code.name.lower().encode(), drain=False)
+                # A transport signals no "flushed after close": look while the grace lasts.
+                while self.transport.get_write_buffer_size():  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
         except (TimeoutError, ConnectionError):
             with contextlib.suppress(Exception):
                 drop(self.transport)
-        await release_after(self.transport, deadline - asyncio.get_running_loop().time())
+            return
+        release(self.transport, abnormal=self.ws.close_code == WSCloseCode.ABNORMAL_CLOSURE)

@@ -1,5 +1,5 @@
 """The per-process hub: rooms of local viewers, one Redis pub/sub subscription per process, and the
-per-tick flushes (DESIGN.md "Fan-out rules").
+per-tick flushes (docs/design.md "Fan-out rules").
 
 A process subscribes to `stream:{id}` when the stream gets its first local viewer and lets go of
 it a grace period after the last one left. Every message on a channel is a complete JSON event:
@@ -57,7 +57,7 @@ def _env_float(name: str, default: float) -> float:
 
 @dataclass
 class HubConfig:
-    """Tunables; the defaults are DESIGN.md's. `from_env` reads LIVESALE_WS_* overrides."""
+    """Tunables; the defaults are docs/design.md's. `from_env` reads LIVESALE_WS_* overrides."""
 
     # Stream-log events wait at most this long to share a frame; the first after a quiet spell goes at
     # once. 15 ms: at 50 events/s nearly every event leaves at once, at 200/s about 3 share a frame.
@@ -129,6 +129,8 @@ class Room:
                 self.state.offer(_state_key(kind, event), data, interval)
             self._schedule(0.0)
         else:
+            if kind == "stream":  # watch time counts while the stream is live
+                self.tally.set_live(event.get("status") == "live", time.monotonic())
             seq = event.get("seq")
             self.log.append(Item(kind, None, data, seq if isinstance(seq, int) else None))
             # Leading edge goes out at once; events arriving within flush_s of a flush share the next frame.
@@ -231,12 +233,14 @@ class Hub:
                 await self._pubsub.aclose()
 
     # --- rooms
-    async def join(self, conn: Conn, *, counted: bool = True) -> Room:
+    async def join(self, conn: Conn, *, counted: bool = True, live: bool = True) -> Room:
         """Add a viewer socket to its stream's room; `counted` False for the host's own sockets,
-        which never count in the stream's figures (docs/api.md "Stream analytics")."""
+        which never count in the stream's figures (docs/api.md "Stream analytics"); `live`, whether
+        the stream is live, starts a new room's watch-time clock (the room's ticks keep it current)."""
         room = self.rooms.get(conn.stream_id)
         if room is None:
             room = self.rooms[conn.stream_id] = Room(self, conn.stream_id)
+            room.tally.live = live
             assert self._pubsub is not None
             try:
                 async with self._pubsub_lock:
@@ -276,11 +280,12 @@ class Hub:
     async def _report_analytics(self, room: Room) -> None:
         report = room.tally.take(time.monotonic())
         try:
-            await state.report_analytics(self.svc.redis, room.stream_id, self.proc, report,
-                                         int(self.cfg.viewers_ttl_s * 1000))
+            _, status = await state.report_analytics(self.svc.redis, room.stream_id, self.proc, report,
+                                                     int(self.cfg.viewers_ttl_s * 1000))
         except BaseException:
             room.tally.restore(report)
             raise
+        room.tally.set_live(status == "live", time.monotonic())
 
     async def _drop_idle_rooms(self) -> None:
         now = time.monotonic()

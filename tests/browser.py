@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -45,6 +46,11 @@ class Browser:
     browser: Any
     errors: list[str] = field(default_factory=list)
     dialogs: list[str] = field(default_factory=list)
+    allowed: list[re.Pattern[str]] = field(default_factory=list)
+
+    def allow(self, pattern: str) -> None:
+        """Console errors matching `pattern` are expected in this test (say why where it is called)."""
+        self.allowed.append(re.compile(pattern))
 
     async def context(self, viewport: dict[str, int] | None = None) -> Any:
         """A fresh context: its own localStorage, so its own signed-in user."""
@@ -63,6 +69,8 @@ class Browser:
             return
         where = urlparse(msg.location.get("url", "")).path
         if msg.text.startswith("Failed to load resource") and where.startswith(_HANDLED_PREFIXES):
+            return
+        if any(p.search(msg.text) for p in self.allowed):
             return
         self.errors.append(f"console: {msg.text} ({msg.location.get('url')})")
 

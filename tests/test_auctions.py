@@ -7,7 +7,11 @@ import asyncio
 import os
 import random
 import signal
+import time
 from collections import Counter
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,8 +27,10 @@ from commerce.schema import orders as orders_table
 from livesale.bus import log_key
 from livesale.config import Settings
 from livesale.db import make_engine
+from livesale.embedded_redis import EmbeddedRedis
 from livesale.services import SERVICES
-from tests.helpers import Api, LiveServer, spawn_server, stop_server, wait_for
+from tests.helpers import Api, LiveServer, spawn_server, start_app_server, stop_server, wait_for
+from tests.test_realtime_ws import collect, of_type, viewer
 
 
 async def setup_auction(api: Api, *, start: bool = True, host: str = "host1", **spec: Any) -> dict[str, Any]:
@@ -51,6 +57,20 @@ async def place(api: Api, auction_id: str, user: str, max_cents: Any, key: str) 
                           json={"max_cents": max_cents}, headers={"Idempotency-Key": key})
 
 
+async def wait_sold(api: Api, auction_id: str, timeout: float = 10) -> dict[str, Any]:  # noqa: ASYNC109 - polls, as wait_for
+    """The auction's view once it is sold and its order announced."""
+    last: list[Any] = [None]
+
+    async def sold() -> Any:
+        st, last[0] = await api.call("GET", f"/api/auctions/{auction_id}")
+        return last[0] if last[0]["status"] == "sold" and last[0]["order"] else None
+
+    try:
+        return await wait_for(sold, timeout=timeout)  # type: ignore[no-any-return]
+    except AssertionError:
+        raise AssertionError(f"not sold in {timeout} s: {last[0]}") from None
+
+
 async def log_events(r: aioredis.Redis, stream_id: str) -> list[dict[str, Any]]:
     return [orjson.loads(f[b"d"]) for _, f in await r.xrange(log_key(stream_id))]
 
@@ -62,7 +82,7 @@ async def sql_rows(server: LiveServer, table: sa.Table, where: Any) -> list[Any]
 
 
 async def test_proxy_rules_ties_raise_and_retries_over_http(api: Api, redis_url: str) -> None:
-    """Each rule as a client sees it (DESIGN's example amounts), a retried key answers 200 with the first
+    """Each rule as a client sees it (docs/auctions.md's amounts), a retried key answers 200 with the first
     answer, another max under the same key is 422, and no maximum appears in GET or the stream log."""
     a = await setup_auction(api)
     aid = a["id"]
@@ -154,6 +174,12 @@ async def test_bad_input_gets_documented_errors_and_changes_nothing(api: Api, re
         assert st == 403
         st, err = await api.call("POST", f"/api/auctions/{aid}/start", token=a["host_token"])
         assert (st, err["error"]) == (409, "invalid_state")
+        st, err = await api.call("POST", f"/api/auctions/{sched['id']}/start", token=api.server.token("intruder", "host"))
+        assert st == 403
+        st, _ = await api.call("POST", f"/api/streams/{sched['stream_id']}/end", token=sched["host_token"])
+        assert st == 200
+        st, err = await api.call("POST", f"/api/auctions/{sched['id']}/start", token=sched["host_token"])
+        assert (st, err["error"]) == (409, "invalid_state")  # the stream has ended
     finally:
         await r.aclose()
     st, _ = await api.call("GET", "/healthz")
@@ -161,7 +187,7 @@ async def test_bad_input_gets_documented_errors_and_changes_nothing(api: Api, re
 
 
 async def test_hundreds_of_bidders_in_the_last_seconds(settings: Settings) -> None:
-    """300 bidders pile in during the last 2 s (each accepted bid extends the clock), then ten more
+    """300 bidders pile in during the last 2.5 s (each accepted bid extends the clock), then ten more
     waves of 20, then bids after the close: one winner (the highest maximum), the price the rules give when the accepted bids are
     replayed in the order Redis took them, one `auction` event after every `bid` event, exactly one
     order in Redis and in SQL, and every bid after the close refused."""
@@ -169,7 +195,7 @@ async def test_hundreds_of_bidders_in_the_last_seconds(settings: Settings) -> No
     r = aioredis.Redis.from_url(settings.redis_url or "")
     try:
         async with Api(srv) as api:
-            a = await setup_auction(api, duration_s=5, extend_window_s=2, extend_to_s=2, hold_s=600)
+            a = await setup_auction(api, duration_s=8, extend_window_s=3, extend_to_s=3, hold_s=600)
             aid, stream = a["id"], a["stream_id"]
             rng = random.Random(14)
             maxes = rng.sample(range(1000, 400_000), 300)  # distinct: no ties to break by arrival
@@ -183,17 +209,14 @@ async def test_hundreds_of_bidders_in_the_last_seconds(settings: Settings) -> No
                                                   "Idempotency-Key": key}) as resp:
                         results.append((user, amount, resp.status, await resp.json()))
 
-                # The last ~1.5 s of the auction's first deadline.
-                await asyncio.sleep(3.4)
+                # The last ~2.5 s of the auction's first deadline.
+                ends = datetime.fromisoformat(a["auction"]["ends_at"].replace("Z", "+00:00")).timestamp()
+                await asyncio.sleep(max(0.0, ends - 2.5 - time.time()))
                 await asyncio.gather(*(one(u, m, "k1") for u, m in zip(users, maxes, strict=True)))
                 # Latecomers: ten more waves, each extending the clock again.
                 for n in range(1, 11):
                     await asyncio.gather(*(one(f"late{n}-{i}", 500_000 + 100 * n + i, "k") for i in range(20)))
-                async def sold() -> Any:
-                    st, v = await api.call("GET", f"/api/auctions/{aid}")
-                    return v if v["status"] == "sold" and v["order"] else None
-
-                view = await wait_for(sold, timeout=10)
+                view = await wait_sold(api, aid, timeout=20)
                 # Bids after the close: all refused.
                 for u in users[:30]:
                     st, err = await place(api, aid, u, 900_000, "after-close")
@@ -206,7 +229,7 @@ async def test_hundreds_of_bidders_in_the_last_seconds(settings: Settings) -> No
             # pure rules with the clock each answer's ends_at implies, they give the same answers.
             accepted.sort(key=lambda x: x[2]["price_cents"])
             model = rules.State("active", ends_at=10**15)
-            spec = rules.Rules(1000, 2000, 2000)
+            spec = rules.Rules(1000, 3000, 3000)
             for u, m, b in accepted:
                 res = rules.bid(spec, model, u, m, 0)
                 assert (res.outcome.value, res.price) == (b["status"], b["price_cents"]), (u, m, b)
@@ -362,11 +385,7 @@ async def test_process_that_took_the_last_bid_dies(settings: Settings, server: L
             assert st == 201
         stop_server(other, signal.SIGKILL)
 
-        async def sold() -> Any:
-            st, v = await api.call("GET", f"/api/auctions/{a['id']}")
-            return v if v["status"] == "sold" and v["order"] else None
-
-        v = await wait_for(sold, timeout=10)
+        v = await wait_sold(api, a["id"], timeout=10)
         assert v["winner"] == "ann" and v["price_cents"] == 1000
         assert server.app is not None
         redis = server.app[SERVICES].redis
@@ -379,7 +398,8 @@ async def test_process_that_took_the_last_bid_dies(settings: Settings, server: L
 async def test_bids_racing_the_close_are_refused_after_it(api: Api, redis_url: str) -> None:
     """Sudden death: valid, ever higher bids keep coming through the deadline. Each is answered 201
     before the close or 409 after it, never accepted after: every 201 has its `bid` event, all of them
-    before the `auction` event, and the last one's price is the winning price."""
+    before the `auction` event (those the bounded log still holds), and the last one's price is the
+    winning price."""
     a = await setup_auction(api, duration_s=5, sudden_death=True)
     aid = a["id"]
     answers: list[tuple[int, Any]] = []
@@ -393,11 +413,7 @@ async def test_bids_racing_the_close_are_refused_after_it(api: Api, redis_url: s
     # Within a batch, a lower maximum can come after a higher one: too low, the only other refusal.
     assert {b["error"] for st, b in answers if st == 409} <= {"auction_not_active", "bid_too_low"}
 
-    async def closed() -> Any:
-        st, v = await api.call("GET", f"/api/auctions/{aid}")
-        return v if v["status"] == "sold" and v["order"] else None
-
-    view = await wait_for(closed, timeout=10)
+    view = await wait_sold(api, aid, timeout=10)
     r = aioredis.Redis.from_url(redis_url)
     try:
         events = [e for e in await log_events(r, a["stream_id"]) if e.get("auction") == aid]
@@ -405,6 +421,77 @@ async def test_bids_racing_the_close_are_refused_after_it(api: Api, redis_url: s
         await r.aclose()
     ok = [b for st, b in answers if st == 201]
     bids = [e for e in events if e["type"] == "bid"]
-    assert len(bids) == len(ok) and events[-1]["type"] == "auction" and events[-1]["status"] == "sold"
-    assert sorted(b["price_cents"] for b in ok) == [e["price_cents"] for e in bids]
+    # The log keeps the last ~1000 events (stream_log_maxlen): compare what it holds.
+    assert view["bids"] == len(ok) and 0 < len(bids) <= len(ok)
+    assert events[-1]["type"] == "auction" and events[-1]["status"] == "sold"
+    assert sorted(b["price_cents"] for b in ok)[-len(bids):] == [e["price_cents"] for e in bids]
     assert view["price_cents"] == bids[-1]["price_cents"] and view["winner"] == bids[-1]["leader"]
+
+
+async def test_listed_on_the_stream_and_in_my_orders(server: LiveServer, api: Api) -> None:
+    """GET /api/streams/{id}/sales lists the stream's auctions under `auctions` (oldest first, no
+    maximum), and the winner's GET /api/me/orders has the win as kind `auction`, live status from Redis."""
+    assert server.app is not None
+    a = await setup_auction(api, duration_s=3600)
+    await place(api, a["id"], "ann", 4321, "k")
+    ends = int(await server.app[SERVICES].redis.hget(keys.auction(a["stream_id"], a["id"]), "ends_at"))
+    c = await server.app[AUCTIONS].settle(a["id"], ends)
+    assert c is not None and c.status == "sold"
+    st, listing = await api.call("GET", f"/api/streams/{a['stream_id']}/sales")
+    assert st == 200 and [x["id"] for x in listing["auctions"]] == [a["id"]]
+    assert listing["auctions"][0]["winner"] == "ann" and "4321" not in orjson.dumps(listing).decode()
+
+    async def listed() -> Any:
+        st, mine = await api.call("GET", "/api/me/orders", token=api.server.token("ann"))
+        return mine["orders"] if st == 200 and mine["orders"] else None
+
+    orders = await wait_for(listed, timeout=10)
+    assert [(o["kind"], o["id"], o["auction"], o["stream_id"], o["status"], o["amount_cents"]) for o in orders] \
+        == [("auction", c.order, a["id"], a["stream_id"], "reserved", 1000)]
+
+
+async def test_viewers_see_every_price_change_live_and_on_resume(api: Api) -> None:
+    """A viewer on the stream's WebSocket finds the auction in its snapshot, gets each accepted bid as
+    a `bid` event (the contract's fields, no maximum) in the order of the answers; one that reconnects
+    with since= gets the ones it missed, in order, with the same seqs."""
+    a = await setup_auction(api)
+    aid, sid = a["id"], a["stream_id"]
+    async with viewer(api.server, sid, "watcher") as (ws, first):
+        assert first[0]["type"] == "snapshot"
+        assert [(x["id"], x["status"]) for x in first[0]["auctions"]] == [(aid, "active")]  # who joins sees it
+        answers = [await place(api, aid, u, m, "k") for u, m in (("ann", 5000), ("ben", 3000), ("cat", 9999))]
+        live = of_type(await collect(ws, lambda ev: len(of_type(ev, "bid")) == 3), "bid")
+    assert [e["price_cents"] for e in live] == [b["price_cents"] for _, b in answers] == [1000, 3200, 5300]
+    assert [e["leader"] for e in live] == ["ann", "ann", "cat"]
+    assert set(live[0]) == {"type", "auction", "price_cents", "leader", "ends_at", "bids", "ts", "seq"}
+    async with viewer(api.server, sid, "late", since=live[0]["seq"]) as (_ws, replay):
+        assert [(e["price_cents"], e["seq"]) for e in of_type(replay, "bid")] == \
+            [(e["price_cents"], e["seq"]) for e in live[1:]]
+
+
+async def test_redis_down_bids_answer_503_then_resume(settings: Settings, tmp_path: Path) -> None:
+    """With Redis stopped a bid is 503 `unavailable` with Retry-After (never a guess); after Redis is
+    back (AOF), the same key bids as if the 503 never happened, and earlier bids are all still there."""
+    own = EmbeddedRedis(tmp_path / "own-redis").start()
+    try:
+        async with start_app_server(replace(settings, redis_url=own.url)) as srv, Api(srv) as api:
+            a = await setup_auction(api)
+            assert (await place(api, a["id"], "ann", 5000, "k"))[0] == 201
+            own.stop()
+            async with api.session.post(f"{srv.url}/api/auctions/{a['id']}/bids", json={"max_cents": 3000},
+                                        headers={"Authorization": f"Bearer {srv.token('ben')}",
+                                                 "Idempotency-Key": "k"}) as resp:
+                assert resp.status == 503 and (await resp.json())["error"] == "unavailable"
+                assert resp.headers.get("Retry-After")
+            own.restart()
+
+            async def answered() -> Any:
+                st, b = await place(api, a["id"], "ben", 3000, "k")
+                return (st, b) if st != 503 else None
+
+            assert await wait_for(answered, timeout=10) == (201, {"status": "outbid", "price_cents": 3200,
+                                                                  "ends_at": a["auction"]["ends_at"]})
+            st, v = await api.call("GET", f"/api/auctions/{a['id']}")
+            assert (v["leader"], v["price_cents"], v["bids"]) == ("ann", 3200, 2)
+    finally:
+        own.stop()

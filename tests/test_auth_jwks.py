@@ -26,7 +26,7 @@ from livesale.codes import CloseCode
 from livesale.config import Settings
 from livesale.errors import Unauthorized
 from livesale.jwks import KeySet
-from tests.helpers import Api, start_app_server, wait_for
+from tests.helpers import Api, start_app_server, start_demo_server, wait_for
 from tests.test_realtime_ws import closed_code, ws_url
 
 ISSUER = "https://idp.example.test/"
@@ -235,7 +235,8 @@ async def test_provider_tokens_buy_and_are_refused_alike_on_both_purchase_paths(
         st, body = await api.call("POST", url, json={"quantity": 1}, token=provider.token(kid, f"buyer{i}"),
                                   headers={"Idempotency-Key": f"k{i}"})
         assert st == 201, body
-    for name, token in refusals(provider).items():
+    refused = {**refusals(provider), "hs256-lifetime-over-max": mint(api.server.settings.secret, "x", ttl=3601)}
+    for name, token in refused.items():
         st, body = await api.call("POST", url, json={"quantity": 1}, token=token, headers={"Idempotency-Key": name})
         assert (st, body["error"]) == (401, "unauthorized"), (name, body)
     st, sale = await api.call("GET", f"/api/sales/{s['sale_id']}")
@@ -269,3 +270,13 @@ def test_serve_refuses_unsafe_identity_settings_at_start(
         monkeypatch.setenv(k, v)
     assert main([cmd, "--port", "1"]) == 2
     assert says in capsys.readouterr().err
+
+
+async def test_demo_sign_in_tokens_stay_within_the_maximum_lifetime(settings: Settings) -> None:
+    """Under a LIVESALE_JWT_MAX_LIFETIME_S shorter than a day, `POST /dev/token` mints tokens that live
+    that long, and the server accepts them."""
+    async with start_demo_server(replace(settings, jwt_max_lifetime_s=600)) as srv, Api(srv) as api:
+        st, body = await api.call("POST", "/dev/token", json={"user": "hana", "role": "host"})
+        assert st == 200 and body["expires_in"] == 600
+        st, stream = await api.call("POST", "/api/streams", token=body["token"], json={"title": "Mine"})
+        assert st == 201, stream

@@ -30,11 +30,17 @@ async def test_tokens_in_query_strings_never_reach_the_log(settings: Settings) -
                 assert await closed_code(ws) == CloseCode.UNAUTHORIZED
             st, _ = await api.call("GET", f"/api/nothing-here?token={good}")
             assert st == 404
-        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
-        writer.write(f"GET /ws/streams/{s['stream_id']}?token={good} HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n".encode())
-        await writer.drain()
-        assert (await reader.read(100)).startswith(b"HTTP/1.0 400")  # aiohttp answers a refused request in 1.0
-        writer.close()
+        path = f"/ws/streams/{s['stream_id']}?token={good}"
+        for malformed in (f"GET {path} HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",  # a header without colon
+                          f"GET {path} HTTP/9.9\r\nHost: x\r\n\r\n",  # an unknown version
+                          f"GET {path} HTTP/1.1 trailing\r\nHost: x\r\n\r\n",  # a request line too long
+                          f"G\x01T {path} HTTP/1.1\r\nHost: x\r\n\r\n",  # a control byte in the method
+                          f"GET {path}\x7f HTTP/1.1\r\nHost: x\r\n\r\n"):  # one in the target
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            writer.write(malformed.encode())
+            await writer.drain()
+            assert (await reader.read(100)).startswith(b"HTTP/1.0 400"), malformed  # aiohttp answers these in 1.0
+            writer.close()
     finally:
         stop_server(srv)
     log = (settings.data_dir / f"server-{srv.port}.log").read_text()

@@ -325,7 +325,8 @@ async def test_end_closes_open_groups(api: Api, redis: aioredis.Redis) -> None:
 
 
 async def test_refs_are_recorded_per_member(api: Api, server: LiveServer) -> None:
-    """A joiner's `ref` (the sharer) is kept on their order and in SQL; a self-referral is dropped."""
+    """A joiner's `ref` (the sharer) is kept on their order and in SQL; a self-referral is dropped; the
+    order is the member's alone and cannot be paid or cancelled apart from its group (409)."""
     s = await setup_groupbuy(api)
     st, lead = await open_group(api, s["gb_id"], "alice", ref="alice")
     st, b = await join_group(api, lead["group"], "bob", ref="alice")
@@ -334,6 +335,13 @@ async def test_refs_are_recorded_per_member(api: Api, server: LiveServer) -> Non
     assert o["ref"] == "alice"
     st, o = await api.call("GET", f"/api/orders/{b['member']}", token=api.server.token("alice"))
     assert st == 404  # another user's order is not revealed
+    for action in ("pay", "cancel"):
+        st, err = await api.call("POST", f"/api/orders/{b['member']}/{action}", token=api.server.token("bob"),
+                                 json={"payment_method": "pm_card_visa"})
+        assert st == 409 and err["error"] == "order_not_pending" and err["status"] == "joined"
+        st, _ = await api.call("POST", f"/api/orders/{b['member']}/{action}", token=api.server.token("alice"),
+                               json={"payment_method": "pm_card_visa"})
+        assert st == 404
     st, o = await api.call("GET", f"/api/orders/{lead['member']}", token=api.server.token("alice"))
     assert o["ref"] is None
     assert server.app is not None
@@ -421,3 +429,91 @@ async def test_stream_end_ends_its_groupbuys(api: Api) -> None:
     await wait_for(closed, timeout=10)
     st, err = await open_group(api, s["gb_id"], "late")
     assert st == 409 and err["error"] == "groupbuy_not_active"
+
+
+async def test_the_worked_example_of_the_docs(api: Api, redis: aioredis.Redis) -> None:
+    """docs/groupbuy.md's worked example, step by step: the units and money of each row of its table,
+    and the group-buy metrics it moves."""
+    s = await setup_groupbuy(api, stock=10)
+
+    async def row(available: int, in_groups: int, sold: int) -> None:
+        gb = await units(api, s["gb_id"])
+        assert (gb["available"], gb["in_groups"], gb["sold"]) == (available, in_groups, sold)
+    st, ann = await open_group(api, s["gb_id"], "ann")
+    gid = ann["group"]
+    st, g = await api.call("GET", f"/api/groups/{gid}")
+    assert (g["members"], g["price_cents"], g["next_tier"]) == (1, 900, {"size": 2, "price_cents": 900})
+    await row(9, 1, 0)
+    st, _ = await join_group(api, gid, "ben", method="pm_card_chargeDeclined")
+    assert st == 402
+    await row(9, 1, 0)
+    st, ben = await join_group(api, gid, "ben", ref="ann")
+    assert st == 201 and ben["charged_cents"] == 900
+    await row(8, 2, 0)
+    st, cat = await join_group(api, gid, "cat")
+    st, g = await api.call("GET", f"/api/groups/{gid}")
+    assert (g["members"], g["price_cents"], g["next_tier"]) == (3, 800, {"size": 5, "price_cents": 700})
+    await row(7, 3, 0)
+    await expire_now(redis, gid)
+    members = {"ann": ann["member"], "ben": ben["member"], "cat": cat["member"]}
+
+    async def settled() -> bool:
+        return all(m == (1, 900, 100) for m in (await money(redis, list(members.values()))).values())
+    await wait_for(settled, timeout=10)
+    await row(7, 0, 3)
+    for user, oid in members.items():
+        st, o = await api.call("GET", f"/api/orders/{oid}", token=api.server.token(user))
+        assert (o["status"], o["amount_cents"], o["charged_cents"], o["refunded_cents"]) == ("paid", 800, 900, 100)
+    async with api.session.get(api.server.url + "/metrics") as r:
+        metrics = await r.text()
+    for line in ('livesale_group_joins_total{outcome="declined"}', 'livesale_groups_closed_total{status="succeeded"}',
+                 'livesale_group_refunds_total{kind="difference"}'):
+        assert line in metrics
+
+
+async def test_bad_input_changes_nothing(api: Api, redis: aioredis.Redis) -> None:
+    """Malformed or unauthorised requests get their 4xx with an error code, and leave the group-buy as
+    it was; the server keeps serving."""
+    s = await setup_groupbuy(api, stock=5)
+    ht, path = s["host_token"], f"/api/streams/{s['stream_id']}/groupbuys"
+    good = {"sku": s["sku"], "stock": 5, "tiers": TIERS, "group_ttl_s": 600}
+    cases = [
+        ("POST", path, ht, b"not json", None, 400),
+        ("POST", path, ht, None, dict(good, sku="NOPE"), 404),
+        ("POST", "/api/streams/st000000000000/groupbuys", ht, None, good, 404),
+        ("POST", path, None, None, good, 401),
+        ("POST", f"/api/groupbuys/{s['gb_id']}/groups", "viewer", None, {"payment_method": "pm_card_visa", "ref": "a b"}, 422),
+        ("POST", f"/api/groupbuys/{s['gb_id']}/groups", "viewer", None, {"payment_method": 7}, 422),
+        ("POST", f"/api/groupbuys/{s['gb_id']}/groups", "viewer", b"[1]", None, 400),
+        ("POST", f"/api/groupbuys/{s['gb_id']}/groups", None, None, {"payment_method": "pm_card_visa"}, 401),
+        ("POST", "/api/groupbuys/gb000000000000/groups", "viewer", None, {"payment_method": "pm_card_visa"}, 404),
+        ("POST", "/api/groups/nope/members", "viewer", None, {"payment_method": "pm_card_visa"}, 404),
+        ("GET", "/api/groups/nope", None, None, None, 404),
+        ("GET", "/api/groupbuys/nope", None, None, None, 404),
+        ("POST", f"/api/groupbuys/{s['gb_id']}/end", "viewer", None, None, 403),
+        ("GET", "/api/orders/gb000000000000.0000000000000000", "viewer", None, None, 404),
+    ]
+    before = await redis.hgetall(keys.groupbuy(s["gb_id"]))
+    for method, p, tok, data, body, want in cases:
+        token = api.server.token("v") if tok == "viewer" else tok
+        st, err = await api.call(method, p, token=token, json=body, data=data, headers={"Idempotency-Key": "k"})
+        assert st == want and isinstance(err, dict) and err["error"] and err["message"], (p, st, err)
+    assert await redis.hgetall(keys.groupbuy(s["gb_id"])) == before
+    assert await redis.smembers(keys.stream_groupbuys(s["stream_id"])) == {s["gb_id"].encode()}
+    st, _ = await open_group(api, s["gb_id"], "v", key="fresh")
+    assert st == 201
+
+
+async def test_same_key_at_the_same_instant_makes_one_member(api: Api, redis: aioredis.Redis) -> None:
+    """Ten taps with one Idempotency-Key at once, opening and joining: one member each, one 201, the
+    rest 200 with the same member, one charge at the provider, one unit held per member."""
+    s = await setup_groupbuy(api, stock=5)
+    opened = await asyncio.gather(*(open_group(api, s["gb_id"], "tap", key="same") for _ in range(10)))
+    joined = await asyncio.gather(*(join_group(api, opened[0][1]["group"], "tap2", key="same2") for _ in range(10)))
+    for outs in (opened, joined):
+        assert sorted(st for st, _ in outs) == [200] * 9 + [201], outs
+        assert len({b["member"] for _, b in outs}) == 1
+    members = [opened[0][1]["member"], joined[0][1]["member"]]
+    assert (await money(redis, members)) == {m: (1, 900, 0) for m in members}
+    gb = await units(api, s["gb_id"])
+    assert (gb["available"], gb["in_groups"]) == (3, 2)

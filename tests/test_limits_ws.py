@@ -128,3 +128,22 @@ async def test_an_unmasked_client_frame_closes_1002(api: Api) -> None:
     async with viewer(api.server, s["stream_id"]) as (ws, _first):
         await ws.send('{"type":"ping"}')
         assert b"pong" in (await ws.recv()).encode()
+
+
+async def test_a_flooding_viewer_that_never_reads_is_released_within_5_s_of_its_4029(api: Api) -> None:
+    """A client that sends bad frames and reads nothing is closed 4029 and its socket is released
+    within 5 s of that close, though it never answers the close frame."""
+    s = await api.setup_sale()
+    sid = s["stream_id"]
+    assert api.server.app is not None
+    hub = api.server.app[HUB]
+    base = open_connections()
+    async with raw_viewer(api.server, sid) as sock:
+        await wait_for(lambda: sid in hub.rooms and any(c.ready for c in hub.rooms[sid].conns))
+        (conn,) = hub.rooms[sid].conns
+        payload = b"not json"
+        frame = struct.pack("!BB", 0x81, 0x80 | len(payload)) + b"\x01\x02\x03\x04" + bytes(
+            b ^ (1, 2, 3, 4)[i % 4] for i, b in enumerate(payload))
+        await asyncio.get_running_loop().sock_sendall(sock, frame * 25)
+        await wait_for(lambda: conn.closed)
+        await wait_for(lambda: open_connections() == base, timeout=5)

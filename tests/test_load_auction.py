@@ -3,17 +3,18 @@ winner, and the verifier passes it, and fails an auction whose state was tampere
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
-from typing import Any
 
 import redis.asyncio as aioredis
 
 from commerce import keys
 from livesale.config import Settings
 from load import auction as load_auction
+from load import verify
 from load.report import count
-from tests.helpers import Api, wait_for
-from tests.test_auctions import setup_auction
+from tests.helpers import Api
+from tests.test_auctions import setup_auction, wait_sold
 from tests.test_load_locust import run_locust
 
 
@@ -26,15 +27,14 @@ async def test_bidder_swarm_then_verifier(api: Api, settings: Settings) -> None:
                                          duration_s=60, cap_cents=(2_000, 60_000), seed=3)
     assert stats.outcomes["leading"] > 0 and stats.outcomes["bid_too_low"] > 0, stats.as_dict()
 
-    async def closed() -> Any:
-        st, v = await api.call("GET", f"/api/auctions/{a['id']}")
-        return v if v["status"] == "sold" and v["order"] else None
-
-    view = await wait_for(closed, timeout=10)
+    view = await wait_sold(api, a["id"], timeout=10)
     rep = await load_auction.check(settings.redis_url or "", settings.database_url or "", a["id"])
     assert rep.ok, rep.text()
     assert (rep.winner, rep.price_cents, rep.order) == (view["winner"], view["price_cents"], view["order"])
     assert rep.accepted_bids == view["bids"] > 10
+    cli = ["--auction", a["id"], "--redis-url", settings.redis_url or "", "--database-url", settings.database_url or ""]
+    assert await asyncio.to_thread(verify.main, cli) == 0  # `livesale verify --auction`
+    assert await asyncio.to_thread(verify.main, [*cli[:1], "au000000000000", *cli[2:]]) == 2
     r = aioredis.Redis.from_url(settings.redis_url or "")
     try:
         await r.hincrby(keys.auction(a["stream_id"], a["id"]), "leader_max", 1)
@@ -53,11 +53,7 @@ async def test_locust_bidders_then_verifier(api: Api, settings: Settings, tmp_pa
                             "--auction-id", a["id"], "--bid-last-s", "3", "--bid-cap", "2000", "40000", seconds=12)
     assert count(rows, "BID", "leading") > 0, rows.keys()
 
-    async def closed() -> Any:
-        st, v = await api.call("GET", f"/api/auctions/{a['id']}")
-        return v if v["status"] == "sold" and v["order"] else None
-
-    view = await wait_for(closed, timeout=15)
+    view = await wait_sold(api, a["id"], timeout=15)
     rep = await load_auction.check(settings.redis_url or "", settings.database_url or "", a["id"])
     assert rep.ok, rep.text()
     assert rep.winner == view["winner"] and rep.accepted_bids == view["bids"]

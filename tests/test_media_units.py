@@ -81,3 +81,12 @@ def test_one_encoder_makes_packets_viewer_tracks_start_at_keyframes_and_drop_whe
     assert late.dropped == 4 and late.sent == 4
     vp8 = VideoEncoder("VP8", MediaConfig(gop=5))
     assert vp8.encode(pattern_frame(0, fractions.Fraction(1, 30)), 0, False)[0].is_keyframe
+
+
+def test_addresses_setting_is_checked_at_start() -> None:
+    """LIVESALE_MEDIA_ADDRESSES must name addresses this machine can bind (else offers get no candidate)."""
+    from live.media.ice import check_supported
+
+    check_supported(("127.0.0.1",))
+    with pytest.raises(ValueError, match="198.51.100.7"):
+        check_supported(("127.0.0.1", "198.51.100.7"))

@@ -3,6 +3,7 @@ do (docs/pages.md). Skips, saying why, where Playwright or chromium is missing."
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from livesale.config import Settings
+from livesale.services import SERVICES
 from tests.browser import (
     DESKTOP,
     FAKE_MEDIA,
@@ -77,6 +79,33 @@ async def test_viewer_sees_pinned_product_and_stock_falling_when_others_buy(api:
     await expect(left).to_have_attribute("data-available", "7")
 
 
+async def test_buy_lands_during_a_rush_and_the_counter_ends_at_the_servers_number(api: Api, browser: Browser) -> None:
+    """While 60 other buyers reserve over the API (stock events several times a second), a tap on Buy
+    still reserves (the button is not redrawn under it), and once the rush is over the page shows exactly
+    the `available` the server reports."""
+    s = await api.setup_sale(stock=100, per_user_limit=1)
+    page = await browser.page()
+    await page.goto(f"{api.server.url}/s/{s['stream_id']}")
+    await sign_in(page, "rita")
+    card = _card(page, s["sale_id"])
+    await expect(card.locator(".left")).to_have_text("100 left")
+
+    async def rush() -> None:
+        for i in range(60):
+            st, _ = await api.reserve(s["sale_id"], f"rush{i}", f"k{i}")
+            assert st == 201
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(rush())
+    await expect(card.locator(".left")).not_to_have_text("100 left")  # the rush has begun
+    await card.locator(".btn.buy").click(delay=150)  # a finger: 150 ms between down and up
+    await expect(card).to_have_attribute("data-phase", "reserved")
+    await task
+    st, sale = await api.call("GET", f"/api/sales/{s['sale_id']}")
+    assert sale["available"] == 39 and sale["held"] == 61
+    await expect(card.locator(".left")).to_have_text("39 left")
+
+
 async def test_comments_cross_browsers_as_text_and_likes_count_up(api: Api, browser: Browser) -> None:
     """A comment posted in one browser appears in a second; `<img src=x onerror=alert(1)>` shows as
     text (no element, no alert); likes tapped in one browser count up in the other."""
@@ -102,6 +131,25 @@ async def test_comments_cross_browsers_as_text_and_likes_count_up(api: Api, brow
     await expect(alice.locator("#likes")).to_have_attribute("data-count", "7")
     st, view = await api.call("GET", f"/api/streams/{s['stream_id']}")
     assert view["likes"] == 7
+
+
+async def test_earlier_comments_load_above_the_snapshots_fifty(api: Api, browser: Browser) -> None:
+    """With more comments than the snapshot's last 50, "Earlier comments" reads the older ones
+    (GET /api/streams/{id}/comments?before=) and puts them above, oldest first, then goes away."""
+    s = await api.setup_sale()
+    bus = api.server.app[SERVICES].bus  # type: ignore[index]
+    for i in range(57):
+        await bus.publish_log(s["stream_id"], {"type": "comment", "id": f"c{i}", "user": "pat", "text": f"c{i}",
+                                               "ts": 0})
+    page = await browser.page()
+    await page.goto(f"{api.server.url}/s/{s['stream_id']}")
+    texts = page.locator("#comments li.comment .text")
+    await expect(texts).to_have_count(50)
+    await expect(texts.first).to_have_text("c7")
+    await page.click("#earlier")
+    await expect(texts).to_have_count(57)
+    assert await texts.all_inner_texts() == [f"c{i}" for i in range(57)]
+    await expect(page.locator("#earlier")).to_be_hidden()
 
 
 async def test_buyer_reserves_is_declined_pays_and_sees_each_state(api: Api, browser: Browser) -> None:
@@ -144,7 +192,7 @@ async def test_buyer_reserves_is_declined_pays_and_sees_each_state(api: Api, bro
 
 async def test_an_unpaid_hold_expires_on_screen(api: Api, browser: Browser) -> None:
     """A hold left unpaid counts down to zero, then the card says it expired and the unit is back."""
-    s = await api.setup_sale(stock=2, per_user_limit=1, hold_s=2)
+    s = await api.setup_sale(stock=2, per_user_limit=1, hold_s=3)
     page = await browser.page()
     await page.goto(f"{api.server.url}/s/{s['stream_id']}")
     await sign_in(page, "gil")
@@ -167,6 +215,7 @@ async def test_host_console_runs_the_show_and_the_viewer_sees_each_step(api: Api
     viewer = await browser.page()
     await viewer.goto(f"{api.server.url}/s/{sid}")
     await expect(viewer.locator("#status")).to_have_text("Starting soon")
+    await expect(viewer.locator("#poster-text")).to_have_text("The show starts soon")
     host = await browser.page(DESKTOP)
     await host.goto(f"{api.server.url}/host/{sid}")
     await host.click("#chip button")
@@ -174,6 +223,7 @@ async def test_host_console_runs_the_show_and_the_viewer_sees_each_step(api: Api
     await host.click("dialog button[type=submit]")
     await host.click("#start")
     await expect(viewer.locator("#status")).to_have_text("LIVE")
+    await expect(viewer.locator("#poster-text")).to_have_text("Waiting for the host's camera")
     await host.click("#obs")
     await expect(host.locator("#whip-url")).to_have_text(f"{api.server.url}/whip/{sid}")
     await expect(host.locator("#stream-key")).to_have_text(re.compile(r"^sk_\S{16,}$"))
@@ -247,6 +297,8 @@ async def test_viewer_resumes_after_a_drop_and_never_shows_stale_stock(settings:
     since=, and it says so."""
     async with start_demo_server(settings) as other, Api(other) as api:
         s = await api.setup_sale(stock=20, per_user_limit=10)
+        # The server is down on purpose: the browser logs each refused reconnect attempt.
+        browser.allow(r"^WebSocket connection to 'ws://127\.0\.0\.1:\d+/ws/streams/\w+\?since=\d+' failed")
         page = await browser.page()
         sockets: list[str] = []
         page.on("websocket", lambda ws: sockets.append(ws.url))
@@ -266,7 +318,7 @@ async def test_viewer_resumes_after_a_drop_and_never_shows_stale_stock(settings:
         st, _ = await api.reserve(s["sale_id"], "hank", "k1", quantity=4)
         assert st == 201
         async with start_demo_server(settings, port=port):
-            await expect(left).to_have_text("16 left")
+            await expect(left).to_have_text("16 left", timeout=20_000)  # the backoff reaches 8 s
             await expect(page.locator("#conn")).to_have_text("Reconnected. Everything is up to date.")
         assert any(f"since={seq}" in url for url in sockets[1:]), sockets
 
@@ -296,6 +348,7 @@ async def test_screenshots_of_viewer_and_console(api: Api, browser: Browser) -> 
         await host.click("#chip button")
         await host.click("dialog button[type=submit]")
         await expect(host.locator(".host-sale")).to_have_count(1)
+        await expect(host.locator("[data-stat=viewers_now]")).to_have_count(1)
         await host.screenshot(path=str(SCREENSHOTS / f"console-{name}.png"), full_page=True)
         landing = await browser.page(ctx=host_ctx)
         await landing.goto(api.server.url + "/")
@@ -459,6 +512,9 @@ async def test_group_buy_started_on_the_viewer_page_fills_through_its_share_link
     assert st == 201, body
     await expect(card.locator(".my-group")).to_have_attribute("data-status", "succeeded")
     await expect(card.locator(".group-status")).to_contain_text("3 people at $15.00 each")
+    await expect(bob.locator("#group")).to_have_attribute("data-status", "succeeded")  # its poll
+    await expect(bob.locator("#group .price-now")).to_have_text("$15.00 each")
+    assert "null" not in await bob.locator("#group").inner_text()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await bob.screenshot(path=str(SCREENSHOTS / "group-phone.png"))
     await amy.screenshot(path=str(SCREENSHOTS / "viewer-phone-groupbuy.png"))

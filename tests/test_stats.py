@@ -48,6 +48,19 @@ def test_tally_counts_views_identities_and_watch_time() -> None:
     assert identity("bob") == "u:bob" and identity(None) != identity(None)
 
 
+def test_watch_time_accrues_only_while_live() -> None:
+    """Time in a scheduled stream's waiting room or on an ended stream's page is not watch time."""
+    t = Tally(0.0, live=False)
+    t.join("u:a", 0.0)
+    t.set_live(True, 10.0)
+    t.set_live(True, 12.0)  # no change
+    t.join("u:b", 14.0)
+    t.set_live(False, 20.0)
+    assert t.take(30.0).watch_ms == 10_000 + 6_000
+    t.set_live(True, 40.0)
+    assert t.take(41.0).watch_ms == 2_000
+
+
 def test_compose_follows_the_definitions() -> None:
     """conversion, GPM, the watch-time cap, buyers across sales and the per-minute series."""
     start = 60_000 * 1000
@@ -310,3 +323,45 @@ async def test_order_figures_from_sql_once_events_left_redis(settings: Settings)
 
 async def _gone(r: Any, key: str) -> bool:
     return not await r.exists(key)
+
+
+async def test_auction_win_in_stats_sales_and_my_orders(api: Api) -> None:
+    """An auction is a product of the stream's stats (provisional while it runs), is listed under
+    `auctions` of the stream's sales, and its winner's order is in the winner's me/orders as kind
+    `auction` with the stream; the loser sees nothing."""
+    from tests.test_auctions import place, setup_auction
+
+    a = await setup_auction(api, duration_s=5, hold_s=60, host="auctioneer")
+    aid, sid, ht = a["id"], a["stream_id"], a["host_token"]
+    assert (await place(api, aid, "alice", 2000, "k1"))[0] == 201
+    assert (await place(api, aid, "bob", 1500, "k2"))[0] == 201
+    st, listed = await api.call("GET", f"/api/streams/{sid}/sales")
+    assert st == 200 and [x["id"] for x in listed["auctions"]] == [aid] and listed["sales"] == []
+    running = await _stats(api, api.server, sid, ht)
+    assert running["products"] == [{"kind": "auction", "id": aid, "sku": a["sku"], "orders": 0, "paid_orders": 0,
+                                    "units_sold": 0, "gmv_cents": 0}]
+
+    async def won() -> dict[str, Any] | None:
+        st, view = await api.call("GET", f"/api/auctions/{aid}")
+        return view if st == 200 and view["status"] == "sold" and view.get("order") else None
+
+    view = await wait_for(won, 15)
+    assert view["winner"] == "alice" and view["price_cents"] == 1600
+    st, paid = await api.call("POST", f"/api/orders/{view['order']}/pay", token=api.server.token("alice"),
+                              json={"payment_method": "pm_card_visa"})
+    assert st == 200, paid
+    got = await _stats(api, api.server, sid, ht)
+    product = got["products"][0]
+    assert (product["orders"], product["paid_orders"], product["units_sold"], product["gmv_cents"]) == (1, 1, 1, 1600)
+    assert (got["orders"], got["paid_orders"], got["buyers"], got["gmv_cents"]) == (1, 1, 1, 1600)
+
+    async def mine(user: str) -> list[dict[str, Any]]:
+        st, body = await api.call("GET", "/api/me/orders", token=api.server.token(user))
+        assert st == 200
+        return list(body["orders"])
+
+    orders = await wait_for(lambda: mine("alice"), 10)
+    assert [(o["kind"], o["id"], o["auction"], o["stream_id"], o["status"], o["amount_cents"], o["sku"])
+            for o in orders] == [("auction", view["order"], aid, sid, "paid", 1600, a["sku"])]
+    assert "sale" not in orders[0] and orders[0]["currency"] == "USD"
+    assert await mine("bob") == []

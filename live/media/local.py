@@ -1,6 +1,6 @@
 """The media in this process, with aiortc: WHIP publishers, WHEP viewers, one Relay per stream.
 
-Session lifecycle (STYLE.md #2): CONNECTING (answered, ICE/DTLS under way) -> CONNECTED -> CLOSED. A
+Session lifecycle (CONTRIBUTING.md #2): CONNECTING (answered, ICE/DTLS under way) -> CONNECTED -> CLOSED. A
 session that does not connect within `connect_timeout_s`, whose peer connection fails, or that is
 DELETEd, closes; a publisher's close closes its stream's viewers. One publisher per stream across
 processes: its claim (live/media/claims.py) is refreshed every `claims.TICK_S`; the same
@@ -81,7 +81,7 @@ class LocalBackend(MediaBackend):
 
     async def start(self, svc: Services) -> None:
         if self.config.addresses:
-            ice.check_supported()
+            ice.check_supported(self.config.addresses)
         self._svc = svc
         self._tick = asyncio.create_task(self._keep_claims(), name="media-claims")
 

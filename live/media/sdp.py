@@ -1,4 +1,4 @@
-"""What an offer asks for, checked before aiortc sees it (pure, no I/O: STYLE.md #1).
+"""What an offer asks for, checked before aiortc sees it (pure, no I/O: CONTRIBUTING.md #1).
 
 WHIP (RFC 9725) and WHEP take one SDP offer per POST. We answer 400 for text that is not an SDP offer
 we can parse, 422 `unsupported_media` for one we parse but will not serve (docs/media.md, "Errors").

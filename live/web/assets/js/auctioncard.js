@@ -1,4 +1,4 @@
-// One auction on the viewer page (DESIGN "Auctions"): current price, leader, the anti-snipe timer, a
+// One auction on the viewer page (docs/auctions.md): current price, leader, the anti-snipe timer, a
 // bid button with the next minimum (or a maximum of your own), and the winner's Pay.
 import { api, newKey } from './api.js';
 import { h } from './dom.js';
@@ -49,6 +49,10 @@ export class AuctionCard {
     this.noteEl = h('p', { class: 'sale-note', role: 'status' });
     this.maxInput = h('input', { class: 'max-bid', type: 'number', min: '1', step: '0.01', inputmode: 'decimal', placeholder: 'Your max ($)', 'aria-label': 'Your maximum bid in dollars' });
     this.actionsEl = h('div', { class: 'sale-actions' });
+    this.bidBtn = h('button', { class: 'btn buy', type: 'button', onclick: () => this.bid(this.minBid()) });
+    this.maxBtn = h('button', { class: 'btn ghost small', type: 'button', text: 'Set max', onclick: () => this.bidMax() });
+    this.payBtn = h('button', { class: 'btn pay', type: 'button', onclick: () => this.pay() });
+    this.paidEl = h('span', { class: 'done', text: '✓ Paid' });
     this.el = h('article', { class: 'card sale auction', dataset: { auction: this.a.id } },
       h('div', { class: 'sale-top' }, h('span', { class: 'tag', text: 'Auction' }), this.timerEl),
       this.titleEl,
@@ -115,20 +119,22 @@ export class AuctionCard {
     let actions = [];
     let note = this.note;
     let kind = this.noteKind;
+    // The same button elements stay in place while the price moves (only their text changes), so a
+    // tap or the caret in the max field survives a stream of bids.
     if (a.status === 'active') {
-      const min = this.minBid();
-      actions = [
-        h('button', { class: 'btn buy', type: 'button', disabled: this.busy, text: this.busy ? 'Bidding…' : `Bid ${money(min, a.currency)}`, onclick: () => this.bid(min) }),
-        this.maxInput,
-        h('button', { class: 'btn ghost small', type: 'button', disabled: this.busy, text: 'Set max', onclick: () => this.bidMax() }),
-      ];
+      this.bidBtn.textContent = this.busy ? 'Bidding…' : `Bid ${money(this.minBid(), a.currency)}`;
+      this.bidBtn.disabled = this.busy;
+      this.maxBtn.disabled = this.busy;
+      actions = [this.bidBtn, this.maxInput, this.maxBtn];
     } else if (a.status === 'sold' && a.winner === me) {
       if (this.order && this.order.status === 'paid') {
-        actions = [h('span', { class: 'done', text: '✓ Paid' })];
+        actions = [this.paidEl];
         note = 'Paid. It is yours.';
         kind = 'paid';
       } else if (this.order && this.order.status === 'reserved') {
-        actions = [h('button', { class: 'btn pay', type: 'button', disabled: this.busy, text: `Pay ${money(this.order.amount_cents, a.currency)}`, onclick: () => this.pay() })];
+        this.payBtn.textContent = `Pay ${money(this.order.amount_cents, a.currency)}`;
+        this.payBtn.disabled = this.busy;
+        actions = [this.payBtn];
         note = `You won! Pay within ${clock(timeOf(this.order.expires_at) - now())}.`;
         kind = 'reserved';
       } else if (!this.order) {
@@ -145,7 +151,8 @@ export class AuctionCard {
     }
     this.noteEl.textContent = note;
     this.noteEl.className = `sale-note ${kind}`;
-    this.actionsEl.replaceChildren(...actions);
+    const same = actions.length === this.actionsEl.children.length && actions.every((el, i) => this.actionsEl.children[i] === el);
+    if (!same) this.actionsEl.replaceChildren(...actions);
   }
 
   async bidMax() {

@@ -62,3 +62,24 @@ export function safeImageUrl(url) {
     return null;
   }
 }
+
+// Keeps `list`'s rows in step with `items` without rebuilding rows whose shape did not change, so a
+// button being tapped is never replaced under the finger because a clock ticked.
+export function syncList(list, items, { key, shape, build, update }) {
+  const existing = new Map(Array.from(list.children, (el) => [el.dataset.key, el]));
+  const rows = items.map((item) => {
+    const k = key(item);
+    let el = existing.get(k);
+    if (!el || el.dataset.shape !== shape(item)) {
+      const fresh = build(item);
+      fresh.dataset.key = k;
+      fresh.dataset.shape = shape(item);
+      if (el) el.replaceWith(fresh);
+      el = fresh;
+    }
+    update(el, item);
+    return el;
+  });
+  const inOrder = rows.length === list.children.length && rows.every((el, i) => list.children[i] === el);
+  if (!inOrder) list.replaceChildren(...rows);
+}

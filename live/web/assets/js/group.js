@@ -1,6 +1,6 @@
-// The group deep link /g/{group}: the group's join card (DESIGN "Group-buy"; GET /api/groups/{gid}).
+// The group deep link /g/{group}: the group's join card (docs/groupbuy.md; GET /api/groups/{gid}).
 import { api, newKey } from './api.js';
-import { $, h } from './dom.js';
+import { $, append, h } from './dom.js';
 import { clock, money, now, timeOf } from './fmt.js';
 import * as session from './session.js';
 
@@ -12,20 +12,27 @@ let gb = {};
 let key = null;
 let joined = false;
 
+function groupLine() {
+  const g = group;
+  const members = Array.isArray(g.members) ? g.members.length : Number(g.members) || 0;
+  const left = timeOf(g.expires_at) ? timeOf(g.expires_at) - now() : 0;
+  const state = g.status === 'open' ? `closes in ${clock(left)}` : g.status;
+  return `${members} of ${g.size || '?'} joined · started by ${g.leader} · ${state}`;
+}
+
 function render(note = '') {
   const g = group;
   const members = Array.isArray(g.members) ? g.members.length : Number(g.members) || 0;
   const tiers = gb.tiers || (g.next_tier ? [g.next_tier] : []);
   const currency = gb.currency || 'USD';
-  const left = timeOf(g.expires_at) ? timeOf(g.expires_at) - now() : 0;
-  const state = g.status === 'open' ? `closes in ${clock(left)}` : g.status;
   box.dataset.status = g.status;
   box.dataset.members = String(members);
-  box.replaceChildren(
+  box.replaceChildren();
+  append(box, [
     h('span', { class: 'tag', text: 'Group buy' }),
     h('h2', { text: gb.title || gb.sku || 'Group' }),
     h('p', { class: 'price-now', text: `${money(g.price_cents, currency)} each` }),
-    h('p', { class: 'muted', text: `${members} of ${g.size || '?'} joined · started by ${g.leader} · ${state}` }),
+    h('p', { class: 'muted group-line', text: groupLine() }),
     tiers.length ? h('ol', { class: 'tier-ladder' }, tiers.map((t) =>
       h('li', { class: members >= t.size ? 'reached' : '' }, h('span', { text: `${t.size} people` }), h('b', { text: money(t.price_cents, currency) })))) : null,
     note ? h('p', { class: 'sale-note reserved', role: 'status', text: note }) : null,
@@ -33,7 +40,7 @@ function render(note = '') {
       ? h('button', { class: 'btn buy', type: 'button', text: `Join · ${money(tiers.length ? tiers[0].price_cents : g.price_cents, currency)} now`, onclick: join })
       : null,
     gb.stream_id ? h('a', { class: 'btn ghost', href: `/s/${encodeURIComponent(gb.stream_id)}`, text: 'Watch the show' }) : null,
-    h('p', { class: 'muted small-print', text: 'You are charged the first tier now; when the group grows, the difference is refunded. If it does not fill in time, everything is refunded.' }));
+    h('p', { class: 'muted small-print', text: 'You are charged the first tier now; when the group grows, the difference is refunded. If it does not fill in time, everything is refunded.' })]);
 }
 
 async function join() {
@@ -57,18 +64,33 @@ async function join() {
   }
 }
 
+// Redraws only when the group changed (or with a new note): the poll below must not rebuild Join
+// under a finger.
 async function load(note) {
+  if (note) lastNote = note;
   try {
+    const before = JSON.stringify(group);
     group = await api('GET', `/api/groups/${encodeURIComponent(gid)}`);
     if (!gb.id && group.groupbuy) gb = await api('GET', `/api/groupbuys/${encodeURIComponent(group.groupbuy)}`).catch(() => ({}));
-    render(note);
+    if (note || JSON.stringify(group) !== before) render(lastNote);
   } catch (e) {
+    if (group && e.status !== 404) return; // a poll that failed: keep what is shown
     box.replaceChildren(h('h2', { text: e.status === 404 ? 'No such group' : 'Could not load this group' }),
       h('p', { class: 'muted', text: e.status === 404 ? 'The link may be mistyped, or group buys are not enabled here.' : e.message }),
       h('a', { class: 'btn primary', href: '/', text: 'See what is live' }));
   }
 }
 
+let lastNote = '';
 session.mountChip($('#chip'), 'viewer');
 load();
-setInterval(() => { if (group && group.status === 'open') render(); }, 1000);
+// The group as others join: this page has no live socket, so it asks every few seconds while open.
+setInterval(() => {
+  if (group && group.status === 'open') load();
+}, 4000);
+
+// Only the line with the clock moves: rebuilding the card could swallow a tap on Join.
+setInterval(() => {
+  const line = box.querySelector('.group-line');
+  if (line && group && group.status === 'open') line.textContent = groupLine();
+}, 1000);

@@ -1,4 +1,4 @@
-// One group-buy on the viewer page (DESIGN "Group-buy"): the tier ladder, units left, "Start a group"
+// One group-buy on the viewer page (docs/groupbuy.md): the tier ladder, units left, "Start a group"
 // (charged the first tier now, the difference refunded when the group grows), then your group's
 // members, the price reached, the next tier and the share link /g/{gid}?ref=you.
 import { api, newKey } from './api.js';
@@ -52,6 +52,13 @@ export class GroupBuyCard {
 
   update(patch) {
     Object.assign(this.gb, patch);
+    if ('available' in patch) this.stale = false;
+    this.render();
+  }
+
+  // While the live connection is down the units left are not shown as a number (docs/pages.md).
+  setStale(stale) {
+    this.stale = stale;
     this.render();
   }
 
@@ -63,15 +70,30 @@ export class GroupBuyCard {
     this.render();
   }
 
+  // Only the group's line moves with the clock: rebuilding the buttons could swallow a tap.
   tick() {
-    if (this.group && this.group.status === 'open') this.render();
+    const line = this.groupEl.querySelector('.group-status');
+    if (line && this.group && this.group.status === 'open') line.textContent = this.groupText();
+  }
+
+  groupText() {
+    const g = this.group;
+    const gb = this.gb;
+    const left = timeOf(g.expires_at) - now();
+    const status = {
+      open: `${g.members} of ${g.size || gb.tiers[gb.tiers.length - 1].size} joined · ${money(g.price_cents, gb.currency)} each so far · closes in ${clock(left)}`,
+      succeeded: `Your group made it: ${g.members} people at ${money(g.price_cents, gb.currency)} each. Any difference is refunded.`,
+      failed: 'Your group did not fill in time: you were refunded in full.',
+    }[g.status] || g.status;
+    const next = g.status === 'open' && g.next_tier ? ` ${g.next_tier.size - g.members} more for ${money(g.next_tier.price_cents, gb.currency)}.` : '';
+    return status + next;
   }
 
   render() {
     const gb = this.gb;
     this.el.dataset.status = gb.status;
     this.titleEl.textContent = gb.title || gb.sku;
-    this.leftEl.textContent = gb.status === 'active' ? `${gb.available} left` : 'ended';
+    this.leftEl.textContent = this.stale ? 'updating…' : gb.status === 'active' ? `${gb.available} left` : 'ended';
     this.leftEl.dataset.available = String(gb.available);
     const reached = this.group ? this.group.members : 0;
     this.tiersEl.replaceChildren(...(gb.tiers || []).map((t) =>
@@ -81,14 +103,7 @@ export class GroupBuyCard {
     const me = (session.current() || {}).user;
     let actions = [];
     if (g) {
-      const left = timeOf(g.expires_at) - now();
-      const status = {
-        open: `${g.members} of ${g.size || gb.tiers[gb.tiers.length - 1].size} joined · ${money(g.price_cents, gb.currency)} each so far · closes in ${clock(left)}`,
-        succeeded: `Your group made it: ${g.members} people at ${money(g.price_cents, gb.currency)} each. Any difference is refunded.`,
-        failed: 'Your group did not fill in time: you were refunded in full.',
-      }[g.status] || g.status;
-      const next = g.status === 'open' && g.next_tier ? ` ${g.next_tier.size - g.members} more for ${money(g.next_tier.price_cents, gb.currency)}.` : '';
-      this.groupEl.replaceChildren(h('p', { class: 'group-status', text: status + next }));
+      this.groupEl.replaceChildren(h('p', { class: 'group-status', text: this.groupText() }));
       this.groupEl.dataset.members = String(g.members);
       this.groupEl.dataset.status = g.status;
       if (g.status === 'open') {

@@ -1,7 +1,7 @@
 // The host console /host/{stream} (docs/pages.md): go live (WHIP from the camera, or a key for
 // OBS), start/end, pin/unpin, flash sales, moderation, and the stream's stats with a chart.
 import { api } from './api.js';
-import { $, h, svg, toast } from './dom.js';
+import { $, h, svg, syncList, toast } from './dom.js';
 import { clock, count, money, now, percent, syncClock, timeOf } from './fmt.js';
 import { LiveSocket } from './live.js';
 import { publish } from './media.js';
@@ -252,19 +252,24 @@ function upsertSale(sale) {
 }
 
 function renderSales() {
-  const rows = [];
   const list = Array.from(state.sales.values()).sort((a, b) => (a.status === 'ended') - (b.status === 'ended'));
-  for (const s of list) {
-    const end = timeOf(s.ends_at);
-    const when = s.status === 'active' && end ? `ends in ${clock(end - now())}` : s.status;
-    rows.push(h('li', { class: 'host-sale', dataset: { sale: s.id, status: s.status } },
-      h('span', { class: 'name', text: s.title || s.sku }),
+  syncList(els.hostSales, list, {
+    key: (s) => s.id,
+    shape: (s) => (s.status === 'ended' ? 'ended' : 'open'),
+    build: (s) => h('li', { class: 'host-sale', dataset: { sale: s.id } },
+      h('span', { class: 'name' }),
       s.status === 'ended'
         ? h('span', { class: 'badge ended', text: 'ended' })
         : h('button', { class: 'btn danger small', type: 'button', text: 'End sale', onclick: () => endSale(s.id) }),
-      h('span', { class: 'facts', text: `${money(s.price_cents, s.currency)} · ${s.available} of ${s.stock} left${s.sold != null ? ` · ${s.sold} sold` : ''} · ${when}` })));
-  }
-  els.hostSales.replaceChildren(...rows);
+      h('span', { class: 'facts' })),
+    update: (el, s) => {
+      const end = timeOf(s.ends_at);
+      const when = s.status === 'active' && end ? `ends in ${clock(end - now())}` : s.status;
+      el.dataset.status = s.status;
+      el.querySelector('.name').textContent = s.title || s.sku;
+      el.querySelector('.facts').textContent = `${money(s.price_cents, s.currency)} · ${s.available} of ${s.stock} left${s.sold != null ? ` · ${s.sold} sold` : ''} · ${when}`;
+    },
+  });
 }
 
 async function endSale(id) {
@@ -273,7 +278,7 @@ async function endSale(id) {
   } catch (e) { report(e); }
 }
 
-// ---- auctions (DESIGN "Auctions") ----------------------------------------------------------
+// ---- auctions (docs/auctions.md) ----------------------------------------------------------
 
 els.auctionForm.addEventListener('submit', async (e) => {
   e.preventDefault();
@@ -302,17 +307,23 @@ function upsertAuction(a) {
 }
 
 function renderAuctions() {
-  const rows = [];
-  for (const a of state.auctions.values()) {
-    const end = timeOf(a.ends_at);
-    const when = a.status === 'active' && end ? `ends in ${clock(end - now())}` : a.status;
-    const who = a.status === 'sold' ? `won by ${a.winner}` : a.leader ? `${a.leader} leads` : 'no bids';
-    rows.push(h('li', { class: 'host-sale', dataset: { auction: a.id, status: a.status } },
-      h('span', { class: 'name', text: a.title || a.sku }),
-      h('span', { class: `badge ${a.status === 'active' ? 'live' : ''}`, text: a.status }),
-      h('span', { class: 'facts', text: `${money(a.price_cents || a.starting_bid_cents, a.currency)} · ${who} · ${a.bids || 0} bids · ${when}` })));
-  }
-  els.hostAuctions.replaceChildren(...rows);
+  syncList(els.hostAuctions, Array.from(state.auctions.values()), {
+    key: (a) => a.id,
+    shape: () => 'auction',
+    build: (a) => h('li', { class: 'host-sale', dataset: { auction: a.id } },
+      h('span', { class: 'name' }), h('span', { class: 'badge' }), h('span', { class: 'facts' })),
+    update: (el, a) => {
+      const end = timeOf(a.ends_at);
+      const when = a.status === 'active' && end ? `ends in ${clock(end - now())}` : a.status;
+      const who = a.status === 'sold' ? `won by ${a.winner}` : a.leader ? `${a.leader} leads` : 'no bids';
+      el.dataset.status = a.status;
+      el.querySelector('.name').textContent = a.title || a.sku;
+      const badge = el.querySelector('.badge');
+      badge.textContent = a.status;
+      badge.className = `badge ${a.status === 'active' ? 'live' : ''}`;
+      el.querySelector('.facts').textContent = `${money(a.price_cents || a.starting_bid_cents, a.currency)} · ${who} · ${a.bids || 0} bids · ${when}`;
+    },
+  });
 }
 
 // ---- comments and moderation -----------------------------------------------------------------
@@ -353,7 +364,15 @@ const STAT_TILES = [
   ['conversion', 'conversion', percent], ['gpm_cents', 'per 1000 views', (v) => money(v)], ['avg_watch_s', 'avg watch', (v) => clock(v * 1000)],
 ];
 
+function statsPlaceholder(text) {
+  els.stats.replaceChildren(h('p', { class: 'muted', text }));
+  els.chart.setAttribute('hidden', '');
+  els.chart.nextElementSibling.hidden = true;
+}
+
 function renderStats(st) {
+  els.chart.removeAttribute('hidden');
+  els.chart.nextElementSibling.hidden = false;
   els.stats.replaceChildren(...STAT_TILES.map(([k, label, f]) =>
     h('div', { class: 'stat', dataset: { stat: k } }, h('b', { text: st[k] == null ? '–' : f(st[k]) }), h('span', { text: label }))));
   els.statsNote.textContent = st.provisional ? 'provisional · live' : 'final';
@@ -435,15 +454,15 @@ async function pollStats() {
     } catch (e) {
       if (e.status === 404 || e.status === 405) {
         els.statsNote.textContent = 'not available on this server';
-        els.stats.replaceChildren(h('p', { class: 'muted', text: 'This server does not report stream stats yet.' }));
-        els.chart.setAttribute('hidden', '');
-        els.chart.nextElementSibling.hidden = true;
+        statsPlaceholder('This server does not report stream stats yet.');
         return; // no stats endpoint: stop asking
       }
       els.statsNote.textContent = e.status === 403 ? 'only the host can see these' : 'stats unavailable, retrying';
+      if (e.status === 403) statsPlaceholder(`Only ${state.stream ? state.stream.host : 'the host'} can see this stream's stats.`);
     }
   } else {
-    els.statsNote.textContent = 'sign in to see stats';
+    els.statsNote.textContent = '';
+    statsPlaceholder('Sign in as the host to see live stats.');
   }
   statsTimer = setTimeout(pollStats, STATS_EVERY_MS);
 }

@@ -185,7 +185,13 @@ export class SaleCard {
     }
     this.noteEl.textContent = note;
     this.noteEl.className = `sale-note ${this.phase}`;
-    this.actionsEl.replaceChildren(...actions);
+    // Stock events arrive up to ten times a second in a rush: the buttons are rebuilt only when what
+    // they say changed, so a tap on Buy is never swallowed by a redraw.
+    const sig = actions.map((el) => `${el.tagName}:${el.className}:${el.textContent}:${el.disabled}`).join('|');
+    if (sig !== this.actionsSig) {
+      this.actionsSig = sig;
+      this.actionsEl.replaceChildren(...actions);
+    }
   }
 
   async buy() {

@@ -35,7 +35,13 @@ const extraHandlers = {
     if (card) card.onBid(ev);
   },
   async group(ev) {
-    const card = groupbuys.get(ev.groupbuy) || await addGroupBuy(ev.groupbuy);
+    let card = groupbuys.get(ev.groupbuy);
+    if (card) {
+      // A group moved units (joined, closed, released): the group-buy's own counts changed too.
+      api('GET', `/api/groupbuys/${encodeURIComponent(ev.groupbuy)}`).then((gb) => card.update(gb)).catch(() => {});
+    } else {
+      card = await addGroupBuy(ev.groupbuy);
+    }
     if (card) card.onGroup(ev);
   },
 };
@@ -79,7 +85,7 @@ function retireAuctionLater(card) {
 
 // Auctions and group-buys are not in the snapshot: GET /api/streams/{id}/sales lists them under
 // `auctions` and `groupbuys`.
-async function loadAuctions() {
+async function loadAuctionsAndGroupBuys() {
   try {
     const r = await api('GET', `/api/streams/${encodeURIComponent(streamId)}/sales`);
     const me = (session.current() || {}).user;
@@ -179,6 +185,7 @@ function retireLater(card) {
 
 function markStockStale(stale) {
   for (const card of cards.values()) card.setStale(stale);
+  for (const card of groupbuys.values()) card.setStale(stale);
 }
 
 // After a resume, any sale whose stock did not come in the resume frame is read over HTTP.
@@ -225,6 +232,35 @@ function addComments(list, replace = false) {
   if (stick || replace) box.scrollTop = box.scrollHeight;
   box.classList.toggle('empty', box.children.length === 0);
 }
+
+// Older comments than the snapshot's last 50: GET /api/streams/{id}/comments?before=<oldest seq>.
+const RECENT_IN_SNAPSHOT = 50;
+let oldestSeq = null;
+
+function showEarlierButton(recent) {
+  oldestSeq = recent.length ? Math.min(...recent.map((c) => c.seq)) : null;
+  $('#earlier').hidden = !(recent.length >= RECENT_IN_SNAPSHOT && oldestSeq > 1);
+}
+
+$('#earlier').addEventListener('click', async () => {
+  const btn = $('#earlier');
+  btn.disabled = true;
+  try {
+    const r = await api('GET', `/api/streams/${encodeURIComponent(streamId)}/comments?before=${oldestSeq}&limit=50`);
+    const older = r.comments.slice().reverse(); // newest first on the wire
+    const box = els.comments;
+    const height = box.scrollHeight;
+    box.prepend(...older.map(commentEl));
+    box.scrollTop += box.scrollHeight - height; // keep the reader where they were
+    box.classList.toggle('empty', box.children.length === 0);
+    if (older.length) oldestSeq = older[0].seq;
+    btn.hidden = older.length < 50 || oldestSeq <= 1;
+  } catch (e) {
+    toast(e.status === 404 ? 'Earlier comments are not available here.' : e.message, 'error');
+  } finally {
+    btn.disabled = false;
+  }
+});
 
 function deleteComment(id) {
   for (const li of els.comments.querySelectorAll('li.comment')) if (li.dataset.id === id) li.remove();
@@ -306,7 +342,7 @@ async function startVideo() {
   } catch (e) {
     player = null;
     if (e.code === 'no_publisher') {
-      showPoster(state.status === 'scheduled' ? 'The show starts soon' : 'Waiting for the host\'s camera');
+      showPoster(idlePosterText());
       // With the stream's `video` field known, the `video` event says when to try again.
       if (state.video == null) playTimer = setTimeout(startVideo, Math.max(2, e.retryAfter || 5) * 1000);
     } else if (e.status === 404 || e.status === 405) {
@@ -354,7 +390,12 @@ function onVideo(status) {
   state.video = status;
   if (status === 'live') startVideo();
   else if (player) stopVideo(state.status === 'ended' ? 'This stream has ended' : 'The host\'s camera is off');
-  else showPoster(state.status === 'ended' ? 'This stream has ended' : 'Waiting for the host\'s camera');
+  else showPoster(idlePosterText());
+}
+
+function idlePosterText() {
+  if (state.status === 'ended') return 'This stream has ended';
+  return state.status === 'scheduled' ? 'The show starts soon' : 'Waiting for the host\'s camera';
 }
 
 // ---- the live socket -------------------------------------------------------------------------
@@ -377,13 +418,14 @@ const handlers = {
         cards.delete(id);
       }
     }
-    markStockStale(false);
+    for (const card of cards.values()) card.setStale(false); // group-buys: when their listing is read
     adoptMyOrders();
-    loadAuctions();
+    loadAuctionsAndGroupBuys();
     state.likes = ev.likes || 0;
     renderLikes();
     setViewers(ev.viewers || 0);
     addComments(ev.recent || [], true);
+    showEarlierButton(ev.recent || []);
     if (ev.stream.video) onVideo(ev.stream.video);
     else if (!player) startVideo(); // a server that does not say: ask WHEP (404: no media plane)
   },
@@ -406,6 +448,7 @@ const handlers = {
   stream(ev) {
     setStatus(ev.status);
     if (ev.status === 'ended') stopVideo('This stream has ended');
+    else if (!player && !videoUnavailable) showPoster(idlePosterText());
   },
   video(ev) { onVideo(ev.status); },
   error(ev) {
@@ -435,6 +478,7 @@ function onStatus(status, info = {}) {
     if (info.resumed) {
       showBanner('Reconnected. Everything is up to date.', 'ok', 2500);
       refreshStaleSales();
+      loadAuctionsAndGroupBuys();
     } else if (els.conn.classList.contains('warn')) {
       els.conn.hidden = true;
     }
