@@ -330,6 +330,19 @@ class Hub:
             return None
         return await self._pubsub.get_sharded_message(timeout=1.0)  # type: ignore[attr-defined,no-any-return]
 
+    async def _resubscribe(self, ch: str) -> None:
+        for attempt in range(50):
+            try:
+                async with self._pubsub_lock:
+                    sid = ch[7:]
+                    if sid in self.rooms:
+                        await self._subscribe(ch)
+                return
+            except (*REDIS_DOWN, rx.ResponseError) as exc:  # the slot map not settled yet: MOVED, TRYAGAIN
+                raise_if_cancelling()
+                log.warning("resubscribing %s after its slot moved failed (%r); retrying", ch, exc)
+                await pause(min(0.05 * (attempt + 1), 1.0))
+
     def close_conn(self, conn: Conn, code: CloseCode) -> None:
         """Conn.on_close: count it, stop delivering to it, send the close frame in the background."""
         self.leave(conn)
@@ -369,6 +382,11 @@ class Hub:
                 room.on_message(msg["data"])
             elif msg["type"] in ("subscribe", "ssubscribe") and not room.subscribed.done():
                 room.subscribed.set_result(None)
+            elif msg["type"] == "sunsubscribe":
+                # A room we keep is never unsubscribed by us (a dropped room leaves `rooms` first): the
+                # stream's slot moved to another master, which unsubscribes its shard channel. Subscribe
+                # again; the client routes it to the slot's new owner (docs/cluster.md).
+                await self._resubscribe(ch.decode())
 
     async def _likes_loop(self) -> None:
         while True:

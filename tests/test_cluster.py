@@ -302,3 +302,22 @@ async def test_cluster_url_or_env_connects_a_cluster_client(redis_cluster: Embed
         assert [await r.get(keys.sale(sid)) for sid in sale_ids] == [sid.encode() for sid in sale_ids]
         assert {_node(redis_cluster, sid).port for sid in sale_ids} == {n.port for n in redis_cluster.nodes}
         await r.aclose()
+
+
+async def test_room_keeps_delivering_after_its_streams_slot_moves(
+        cluster_settings: Settings, redis_cluster: EmbeddedCluster) -> None:
+    """A stream's slot (its seq, log, meta and channel) migrated to another master while viewers watch:
+    comments sent afterwards still reach the viewer, seq goes on from where it was."""
+    async with start_app_server(cluster_settings) as srv, Api(srv) as api:
+        sid = (await api.setup_sale())["stream_id"]
+        slot = key_slot(channel(sid).encode())
+        dst = next(nd for nd in redis_cluster.nodes if nd is not redis_cluster.owner(slot))
+        async with viewer(srv, sid, "ann") as (ws, _):
+            await send(ws, {"type": "comment", "text": "before"})
+            before = of_type(await collect(ws, lambda ev: bool(of_type(ev, "comment"))), "comment")
+            await asyncio.to_thread(_migrate, redis_cluster, slot, dst)
+            await send(ws, {"type": "comment", "text": "after"})
+            after = of_type(await collect(ws, lambda ev: bool(of_type(ev, "comment")), wait=20), "comment")
+        assert [c["text"] for c in before] == ["before"] and [c["text"] for c in after] == ["after"]
+        assert after[0]["seq"] == before[0]["seq"] + 1
+        assert channel(sid).encode() in _client(dst).execute_command("PUBSUB", "SHARDCHANNELS")
