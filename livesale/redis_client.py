@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
+from urllib.parse import unquote
 
 import redis.asyncio as aioredis
 from redis import exceptions as rx
@@ -55,9 +56,12 @@ def connect(url: str, *, max_connections: int = 100, timeout_s: float = 3.0) -> 
     key slot with MOVED/ASK followed; the few places that need more (our own pipelining, pub/sub, multi-key
     reads) ask `is_cluster` (docs/cluster.md)."""
     if wants_cluster(url):
+        netloc = url.split("://", 1)[1].split("/", 1)[0]
+        user, _, password = netloc.rpartition("@")[0].partition(":")
         client = RedisCluster(
             startup_nodes=cluster_nodes(url), decode_responses=False, socket_connect_timeout=min(1.0, timeout_s),
             socket_timeout=timeout_s, health_check_interval=0, max_connections=max_connections,
+            username=unquote(user) or None, password=unquote(password) or None,
         )
         return cast(aioredis.Redis, client)
     # A blocking pool: under a burst, callers queue for a connection instead of failing with
