@@ -145,9 +145,13 @@ async def create_groupbuy(svc: Services, stream_id: str, spec: dict[str, Any], p
     }
     pipe = svc.redis.pipeline(transaction=True)
     pipe.hset(keys.groupbuy(gb_id), mapping=mapping)
-    pipe.sadd(keys.stream_groupbuys(stream_id), gb_id)
-    pipe.sadd(keys.OPEN_GROUPBUYS, gb_id)
+    # On a cluster the sets live in other slots: the group-buy's hash first, then the sets (docs/cluster.md).
+    sets = svc.redis.pipeline(transaction=False) if svc.bus.sharded else pipe
+    sets.sadd(keys.stream_groupbuys(stream_id), gb_id)
+    sets.sadd(keys.OPEN_GROUPBUYS, gb_id)
     await pipe.execute()
+    if sets is not pipe:
+        await sets.execute()
     return await get_groupbuy(svc, gb_id)
 
 

@@ -134,10 +134,15 @@ async def create_sale(svc: Services, stream_id: str, spec: dict[str, Any], produ
     pipe = svc.redis.pipeline(transaction=True)
     pipe.hset(keys.sale(sale_id), mapping=mapping)
     pipe.xgroup_create(keys.events(sale_id), keys.WRITER_GROUP, id="0", mkstream=True)
-    pipe.sadd(keys.stream_sales(stream_id), sale_id)
-    pipe.sadd(keys.OPEN_SALES, sale_id)
-    pipe.sadd(keys.WRITER_SALES, sale_id)
+    # On a cluster the sets live in other slots, so no MULTI spans them: the sale's own keys first,
+    # then the sets that make the sweeper and the writer follow it (docs/cluster.md).
+    sets = svc.redis.pipeline(transaction=False) if svc.bus.sharded else pipe
+    sets.sadd(keys.stream_sales(stream_id), sale_id)
+    sets.sadd(keys.OPEN_SALES, sale_id)
+    sets.sadd(keys.WRITER_SALES, sale_id)
     await pipe.execute()
+    if sets is not pipe:
+        await sets.execute()
     # A start time already in the past starts the sale now.
     await inventory.tick(svc.redis, sale_id)
     view = await get_sale(svc, sale_id)
@@ -221,6 +226,13 @@ class StockNotices:
                 if raw is None:
                     continue
                 stream = self._stream_of[sale_id] = raw.decode()
+            if self.svc.bus.sharded:
+                # The sale's slot is not its stream's: read, then SPUBLISH in the stream's slot. Two
+                # processes' notices may then land out of read order (docs/cluster.md).
+                raw = await self.svc.redis.hget(keys.sale(sale_id), "available")  # type: ignore[misc]
+                if raw is not None:
+                    await self.svc.bus.publish_state(stream, {"type": "stock", "sale": sale_id, "available": int(raw)})
+                continue
             await inventory.STOCK_NOTICE(self.svc.redis, [keys.sale(sale_id)], [channel(stream), sale_id])
 
     async def _run(self) -> None:
