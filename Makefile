@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TESTSTAMP := $(VENV)/.installed-test
 
-.PHONY: run test check bench-inventory bench-fanout bench-media soak load install clean promtool
+.PHONY: run test check bench-inventory bench-fanout bench-media soak load load-groupbuy install clean promtool chromium
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,12 +33,23 @@ promtool:
 	  { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1; } || \
 	  echo "promtool: apt-get install prometheus failed; the promtool tests will skip"; }
 
-test: $(TESTSTAMP) promtool
+# The page tests drive Debian's chromium through Playwright for Python (a test extra); Playwright's own
+# browser download is never used. Installed through apt when missing and we are root; otherwise the
+# browser tests skip and say why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || { \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+	  { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; } || true; }
+	@command -v chromium >/dev/null 2>&1 || echo "chromium: not installed (apt-get install chromium needs root); the browser tests will skip"
+
+test: $(TESTSTAMP) promtool chromium
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-check: $(TESTSTAMP) promtool
+check: $(TESTSTAMP) promtool chromium
 	$(BIN)/ruff check livesale live realtime commerce monitoring load tests bench
 	$(BIN)/mypy livesale live realtime commerce monitoring load
+	$(BIN)/lint-imports --no-cache  # the layering of docs/design.md (.importlinter)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -W error $(PYTEST_ARGS)
 
 # Benchmarks need Debian's wrk as the load generator (installed through apt when missing, as root).
@@ -58,6 +69,10 @@ soak: $(TESTSTAMP)
 
 load: $(TESTSTAMP)
 	$(BIN)/python -m load.show $(LOAD_ARGS)
+
+# A group-buy rush: joins, declines, double taps, closes; the verdict checks units and money (load/README.md).
+load-groupbuy: $(TESTSTAMP)
+	$(BIN)/python -m load.groupbuy $(LOAD_ARGS)
 
 clean:
 	rm -rf .livesale .pytest_cache build *.egg-info

@@ -1,5 +1,7 @@
 -- wrk script for bench/inventory.py: a bounded spike of purchase attempts by distinct users.
--- Arguments (after `--`): tokens file, request path, total attempts, key prefix.
+-- Arguments (after `--`): tokens file, request path, total attempts, key prefix, threads, and
+-- optionally `bid` (bench/auction.py): attempt i is then the bid {"max_cents": 1000 + 6000 i}, amounts
+-- rising with i, so most bids top the last price and some arrive behind a higher one.
 -- Thread t of n sends attempts t, t+n, t+2n, ... Attempt i is made by user (i * 7919) mod users
 -- (a permutation, so the first `users` attempts are all distinct users, like a crowd tapping at
 -- once) with the idempotency key <prefix>-<i>. A thread stops itself after its share of responses
@@ -14,7 +16,7 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-local tokens, path, quota, prefix, nthreads
+local tokens, path, quota, prefix, nthreads, bids
 local sent, received = 0, 0
 local body = '{"quantity":1}'
 statuses = {}
@@ -28,6 +30,7 @@ function init(args)
   quota = math.floor(total / nthreads)
   if tid < total % nthreads then quota = quota + 1 end
   prefix = args[4]
+  bids = args[6] == "bid"
 end
 
 function request()
@@ -38,7 +41,7 @@ function request()
     ["Authorization"] = "Bearer " .. tokens[user],
     ["Idempotency-Key"] = prefix .. "-" .. i,
     ["Content-Type"] = "application/json",
-  }, body)
+  }, bids and string.format('{"max_cents":%d}', 1000 + 6000 * i) or body)
 end
 
 function response(status, headers, resp_body)

@@ -169,12 +169,18 @@ def call(base: str, method: str, path: str, token: str, body: Any = None) -> Any
         return json.loads(r.read())
 
 
-def create_sales(base: str, secret: str, count: int, stock: int, limit: int) -> list[str]:
+def create_show(base: str, secret: str) -> tuple[str, str, dict[str, Any]]:
+    """A host token, a product's sku and a live stream to open sales or auctions on."""
     host = mint(secret, "bench-host", "host", ttl=3600)
     sku = f"BENCH-{secrets.token_hex(4)}"
     call(base, "POST", "/api/products", host, {"sku": sku, "title": "Bench item", "price_cents": 1000})
     stream = call(base, "POST", "/api/streams", host, {"title": "Bench"})
     call(base, "POST", f"/api/streams/{stream['id']}/start", host)
+    return host, sku, stream
+
+
+def create_sales(base: str, secret: str, count: int, stock: int, limit: int) -> list[str]:
+    host, sku, stream = create_show(base, secret)
     ids = []
     for _ in range(count):
         sale = call(base, "POST", f"/api/streams/{stream['id']}/sales", host, {
@@ -220,11 +226,12 @@ class Result:
 
 
 def run_wrk(wrk: str, url: str, path: str, tokens: Path, args: argparse.Namespace, prefix: str,
-            core: int | None) -> dict[str, Any]:
+            core: int | None, mode: str = "") -> dict[str, Any]:
+    """`mode` "bid": bids instead of purchases (bench/auction.py)."""
     cmd = pinned(core, [
         wrk, "-t", str(args.threads), "-c", str(args.connections), "-d", f"{PHASE_LIMIT_S}s",
         "--timeout", "5s", "-s", str(HERE / "inventory.lua"), url, "--",
-        str(tokens), path, str(args.attempts), prefix, str(args.threads),
+        str(tokens), path, str(args.attempts), prefix, str(args.threads), mode,
     ])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None

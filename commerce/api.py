@@ -1,15 +1,18 @@
-"""Commerce routes and background tasks (reserve batcher, stock notices, sweeper, order writer)."""
+"""Commerce routes and background tasks (reserve batcher, bid batcher, stock notices, sweeper, order
+writer)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
 
-from commerce import catalog, orders, sales
+from commerce import auctions, catalog, groupbuy_api, orders, sales
+from commerce.auctions import AUCTIONS, Auctions
+from commerce.group_money import GroupSweeper
 from commerce.orders import COMMERCE, Commerce
 from commerce.payments import load_provider
 from commerce.settlement import Reconciler
@@ -34,14 +37,21 @@ async def _stream_owner(svc: Services, request: web.Request, stream_id: str) -> 
     return {"host": meta[0].decode(), "status": meta[1].decode()}
 
 
-async def create_sale(request: web.Request) -> web.Response:
+async def _new_on_stream(request: web.Request, validate: Callable[[dict[str, Any]], dict[str, Any]]
+                         ) -> tuple[Services, str, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The checks before a sale or an auction is opened on a stream, in order: its host, the body,
+    a stream that has not ended, the product. Returns (svc, stream id, stream, spec, product)."""
     svc = request.app[SERVICES]
     stream_id = request.match_info["id"]
     stream = await _stream_owner(svc, request, stream_id)
-    spec = sales.validate_sale(await read_json(request))
+    spec = validate(await read_json(request))
     if stream["status"] == "ended":
         raise Conflict("the stream has ended", code=ErrorCode.INVALID_STATE)
-    product = await catalog.get_product(svc, spec["sku"])
+    return svc, stream_id, stream, spec, await catalog.get_product(svc, spec["sku"])
+
+
+async def create_sale(request: web.Request) -> web.Response:
+    svc, stream_id, _, spec, product = await _new_on_stream(request, sales.validate_sale)
     return json_response(await sales.create_sale(svc, stream_id, spec, product), 201)
 
 
@@ -66,18 +76,58 @@ async def get_sale(request: web.Request) -> web.Response:
     return json_response(await sales.get_sale(request.app[SERVICES], request.match_info["id"]))
 
 
+async def create_auction(request: web.Request) -> web.Response:
+    _, stream_id, stream, spec, product = await _new_on_stream(request, auctions.validate_auction)
+    return json_response(await request.app[AUCTIONS].create(stream_id, stream["host"], spec, product), 201)
+
+
+async def start_auction(request: web.Request) -> web.Response:
+    svc, auc = request.app[SERVICES], request.app[AUCTIONS]
+    info = await auc.info(request.match_info["id"])
+    stream = await _stream_owner(svc, request, info.stream)
+    if stream["status"] == "ended":
+        raise Conflict("the stream has ended", code=ErrorCode.INVALID_STATE)
+    return json_response(await auc.start(info.id))
+
+
+async def get_auction(request: web.Request) -> web.Response:
+    return json_response(await request.app[AUCTIONS].view(request.match_info["id"]))
+
+
+async def bid(request: web.Request) -> web.Response:
+    """POST /api/auctions/{id}/bids: checks in the order of docs/auctions.md, then one bid.lua step."""
+    svc = request.app[SERVICES]
+    user = orders.buyer(svc, request.headers.get("Authorization"))
+    key = orders.idempotency_key(request.headers.get("Idempotency-Key"))
+    amount = auctions.max_cents(await read_json(request))
+    status, body = await request.app[AUCTIONS].bid(request.match_info["id"], user.id, key, amount)
+    return json_response(body, status)
+
+
+async def create_groupbuy(request: web.Request) -> web.Response:
+    stream = await _stream_owner(request.app[SERVICES], request, request.match_info["id"])
+    return await groupbuy_api.create_groupbuy(request, stream)
+
+
+async def end_groupbuy(request: web.Request) -> web.Response:
+    return await groupbuy_api.end_groupbuy(request, _stream_owner)
+
+
 async def _background(app: web.Application) -> AsyncIterator[None]:
     svc = app[SERVICES]
     com = Commerce(svc, load_provider(svc.settings.payment_provider, svc.redis))
     app[COMMERCE] = com
+    auc = app[AUCTIONS] = Auctions(svc)
     com.stock.start()
     await com.reserver.warm()
-    sweeper = Sweeper(svc, com.stock.note, svc.settings.sweep_interval_s)
+    sweeper = Sweeper(svc, com.stock.note, svc.settings.sweep_interval_s, auctions=auc.sweep)
     writer = OrderWriter.from_settings(svc.redis, svc.db, svc.settings)
     writer.busy = com.reserver.taking_orders
     reconciler = Reconciler(svc, com.provider, svc.settings.settle_grace_s, svc.settings.settle_interval_s)
     tasks = [asyncio.create_task(sweeper.run(), name="sweeper"),
-             asyncio.create_task(reconciler.run(), name="reconciler")]
+             asyncio.create_task(reconciler.run(), name="reconciler"),
+             asyncio.create_task(GroupSweeper(svc, com.provider, svc.settings.sweep_interval_s).run(),
+                                 name="group_sweeper")]
     if svc.settings.run_writer:
         tasks.append(asyncio.create_task(writer.run(), name="writer"))
     yield
@@ -87,6 +137,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await t
     await com.reserver.close()
+    await auc.close_batcher()
     await com.stock.stop()
 
 
@@ -103,3 +154,13 @@ def setup(app: web.Application) -> None:
     r.add_get("/api/orders/{id}", guarded(orders.get_order))
     r.add_post("/api/orders/{id}/pay", guarded(orders.pay))
     r.add_post("/api/orders/{id}/cancel", guarded(orders.cancel))
+    r.add_post("/api/streams/{id}/auctions", guarded(create_auction))
+    r.add_post("/api/auctions/{id}/bids", guarded(bid))
+    r.add_post("/api/auctions/{id}/start", guarded(start_auction))
+    r.add_get("/api/auctions/{id}", guarded(get_auction))
+    r.add_post("/api/streams/{id}/groupbuys", guarded(create_groupbuy))
+    r.add_get("/api/groupbuys/{id}", guarded(groupbuy_api.get_groupbuy))
+    r.add_post("/api/groupbuys/{id}/end", guarded(end_groupbuy))
+    r.add_post("/api/groupbuys/{id}/groups", guarded(groupbuy_api.open_group))
+    r.add_get("/api/groups/{gid}", guarded(groupbuy_api.get_group))
+    r.add_post("/api/groups/{gid}/members", guarded(groupbuy_api.join_group))

@@ -24,7 +24,7 @@ from redis import exceptions as rx
 
 from commerce import keys
 from livesale.errors import Unavailable
-from livesale.redis_client import REDIS_DOWN, LuaScript, refuses_writes
+from livesale.redis_client import REDIS_DOWN, LuaScript, is_cluster, refuses_writes
 from monitoring import metrics as m
 
 _LUA = Path(__file__).with_name("lua")
@@ -49,6 +49,13 @@ OUTCOME = {
 log = logging.getLogger("livesale.inventory")
 _BATCH = m.histogram(m.RESERVE_BATCH)
 MAX_PER_CALL = 256  # buyers per EVALSHA: bounds how long one script blocks Redis
+# MOVED/ASK/TRYAGAIN hops one call may take on a cluster (within the batch's deadline) before its buyers
+# get a 503: while a migration has moved some of a sale's keys and not the rest, the call bounces between
+# the two masters (ASK, then TRYAGAIN) until the last key has moved.
+MAX_REDIRECTS = 100
+TRYAGAIN_S = 0.01
+_REDIRECTED = (rx.AskError, rx.TryAgainError, rx.ClusterDownError)
+_ASKING = b"*1\r\n$6\r\nASKING\r\n"
 
 
 @dataclass(slots=True)
@@ -162,6 +169,11 @@ class Reserver:
         self._max_in_flight = max_in_flight
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle: list[Any] = []  # the batcher's own Redis connections, not in use right now
+        # On Redis Cluster: the same, per node ("host:port"); each batch goes out as one pipeline per
+        # master, by the slot of each sale's hash tag (docs/cluster.md).
+        self._cluster = is_cluster(redis)
+        self._node_idle: dict[str, list[Any]] = {}
+        self.redirects = 0  # calls sent again after MOVED, ASK or TRYAGAIN (a slot on the move)
         self.on_stock: Any = None  # callable(sale_id, available, held) after each batch
         self.accepted_at = -1.0  # loop time of the last batch that reserved units for someone
 
@@ -175,6 +187,9 @@ class Reserver:
         Redis that is not there yet is connected to by the first batch, as without this."""
         try:
             await self.redis.script_load(RESERVE.source)
+            if self._cluster:
+                await self.redis.initialize()  # type: ignore[attr-defined]  # the slot map, before the first batch
+                return
             while len(self._idle) < self._max_in_flight:
                 conn = self.redis.connection_pool.make_connection()
                 await conn.connect()
@@ -252,6 +267,10 @@ class Reserver:
                     exc2: Exception = res if isinstance(res, Exception) else UnknownSale(sale_id)
                     if refuses_writes(exc2):
                         exc2 = Unavailable(f"redis refuses writes: {exc2}")
+                    elif isinstance(exc2, REDIS_DOWN):
+                        exc2 = Unavailable(f"redis unreachable: {exc2.__class__.__name__}")
+                    elif isinstance(exc2, _REDIRECTED):
+                        exc2 = Unavailable(f"redis cluster still moving the sale: {exc2.__class__.__name__}")
                     for op in ops:
                         op.tell(exc2)
                     continue
@@ -274,6 +293,8 @@ class Reserver:
 
     async def _execute(self, calls: Sequence[tuple[str, list[_Op]]], rands: Sequence[bytes]) -> tuple[list[Any], bool]:
         """The calls' replies, and whether they were sent more than once (`_round_trip`)."""
+        if self._cluster:
+            return await self._execute_cluster(calls, rands)
         packed = b"".join(_evalsha(sale_id, ops, rand) for (sale_id, ops), rand in zip(calls, rands, strict=True))
         retried = False
         for attempt in (0, 1):
@@ -286,7 +307,69 @@ class Reserver:
             return results, retried
         raise AssertionError("unreachable")
 
-    async def _round_trip(self, packed: bytes, replies: int) -> tuple[list[Any], bool]:
+    async def _execute_cluster(self, calls: Sequence[tuple[str, list[_Op]]],
+                               rands: Sequence[bytes]) -> tuple[list[Any], bool]:
+        """`_execute` on a cluster: the calls grouped by the master of their sale's slot, one pipeline
+        per master, all at once. A MOVED call goes again to the slot's new owner (and the client's slot
+        map learns it), an ASK call to the node named with ASKING first, a TRYAGAIN call (a sale's keys
+        split between two nodes for an instant of a migration) again after a moment: none of these ran
+        the script, so sending it again holds nothing twice."""
+        cluster: Any = self.redis
+        results: list[Any] = [None] * len(calls)
+        packed = [_evalsha(sale_id, ops, rand) for (sale_id, ops), rand in zip(calls, rands, strict=True)]
+        asking: dict[int, tuple[str, int]] = {}
+        todo = list(range(len(calls)))
+        retried = False
+        for hop in range(MAX_REDIRECTS + 1):
+            by_node: dict[tuple[str, int], list[int]] = {}
+            for i in todo:
+                addr = asking.get(i)
+                if addr is None:
+                    node = cluster.get_node_from_key(keys.sale(calls[i][0]))
+                    addr = (node.host, int(node.port))
+                by_node.setdefault(addr, []).append(i)
+            sent = [(addr, idx, b"".join(_ASKING + packed[i] if i in asking else packed[i] for i in idx),
+                     len(idx) + sum(i in asking for i in idx)) for addr, idx in by_node.items()]
+            # A master that is down fails its own calls only; the others' buyers get their answers.
+            replies = await asyncio.gather(*(self._round_trip(blob, n, addr) for addr, _, blob, n in sent),
+                                           return_exceptions=True)
+            asked, todo, asking, again = asking, [], {}, False
+            for (_, idx, _, _), reply in zip(sent, replies, strict=True):
+                if isinstance(reply, BaseException):
+                    if not isinstance(reply, Exception):
+                        raise reply
+                    for i in idx:
+                        results[i] = reply
+                    continue
+                out, resent = reply
+                retried = retried or resent
+                it = iter(out)
+                for i in idx:
+                    if i in asked:
+                        next(it)  # ASKING's +OK
+                    res = next(it)
+                    results[i] = res
+                    if hop == MAX_REDIRECTS:
+                        continue
+                    if isinstance(res, rx.AskError) and not isinstance(res, rx.MovedError):
+                        asking[i] = (res.host, res.port)
+                        todo.append(i)
+                    elif isinstance(res, rx.MovedError):
+                        await cluster.nodes_manager.move_slot(res)
+                        todo.append(i)
+                    elif isinstance(res, (rx.TryAgainError, rx.NoScriptError)):
+                        again = again or isinstance(res, rx.TryAgainError)
+                        if isinstance(res, rx.NoScriptError):
+                            await cluster.script_load(RESERVE.source)
+                        todo.append(i)
+            if not todo:
+                break
+            self.redirects += len(todo)
+            if again:
+                await asyncio.sleep(TRYAGAIN_S)
+        return results, retried
+
+    async def _round_trip(self, packed: bytes, replies: int, addr: tuple[str, int] | None = None) -> tuple[list[Any], bool]:
         """Write pipelined commands on one of the batcher's own connections and read their replies, an
         error reply as a value (what `pipeline.execute(raise_on_error=False)` does, without its
         per-call machinery). The batcher keeps up to `max_in_flight` connections of its own rather
@@ -295,8 +378,9 @@ class Reserver:
         as redis-py's own retry would; a script that did run then finds its buyers' idempotency keys
         and answers with the orders it made (`_own_orders` tells those apart from a buyer's retry).
         Returns the replies and whether the commands were sent twice."""
+        idle = self._idle if addr is None else self._node_idle.setdefault(f"{addr[0]}:{addr[1]}", [])
         for attempt in (0, 1):
-            conn = self._idle.pop() if self._idle else self.redis.connection_pool.make_connection()
+            conn = idle.pop() if idle else self._connection(addr)
             try:
                 await conn.send_packed_command(packed, check_health=False)
                 out: list[Any] = []
@@ -309,7 +393,8 @@ class Reserver:
                 await conn.disconnect()
                 # The others idle since before the failure are most likely dead too (a restarted
                 # Redis): the retry goes out on a fresh connection.
-                stale, self._idle = self._idle, []
+                stale = idle[:]
+                idle.clear()
                 for other in stale:
                     await other.disconnect()
                 if attempt:
@@ -318,14 +403,25 @@ class Reserver:
             except BaseException:
                 await conn.disconnect()  # may be mid-reply: never reuse it in that state
                 raise
-            self._idle.append(conn)
+            idle.append(conn)
             return out, bool(attempt)
         raise AssertionError("unreachable")
+
+    def _connection(self, addr: tuple[str, int] | None) -> Any:
+        if addr is None:
+            return self.redis.connection_pool.make_connection()
+        # A connection of our own to that node, made as the cluster client makes its own.
+        template = self.redis.get_default_node()  # type: ignore[attr-defined]
+        kwargs = {**template.connection_kwargs, "host": addr[0], "port": addr[1]}
+        return template.connection_class(**kwargs)
 
     async def close(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         idle, self._idle = self._idle, []
+        for conns in self._node_idle.values():
+            idle += conns
+        self._node_idle = {}
         for conn in idle:
             await conn.disconnect()
 

@@ -16,7 +16,7 @@ import orjson
 import sqlalchemy as sa
 from aiohttp import web
 
-from commerce import inventory, keys, settlement
+from commerce import groupbuys, inventory, keys, settlement
 from commerce.inventory import Reserver, UnknownSale
 from commerce.payments import PaymentProvider, ProviderUnavailable, UnknownPaymentMethod
 from commerce.sales import SALE_ID_RE, StockNotices
@@ -40,7 +40,9 @@ from monitoring import metrics as m
 
 log = logging.getLogger("livesale.orders")
 
-ORDER_ID_RE = re.compile(r"^sa[0-9a-f]{12}\.[0-9a-f]{16}$")
+# A sale's orders, and an auction winner's (docs/auctions.md: `<auction id>.<16 hex>`, same keys' shape).
+ORDER_ID_RE = re.compile(r"^(?:sa|au)[0-9a-f]{12}\.[0-9a-f]{16}$")
+SOURCE_ID_RE = re.compile(r"^(?:sa|au)[0-9a-f]{12}$")
 KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
 METHOD_RE = re.compile(r"[A-Za-z0-9_]{1,100}")  # a provider's payment method id (pm_card_visa, pm_1Nx...)
 BUYER_ROLES = ("viewer",)
@@ -75,7 +77,7 @@ class Commerce:
         info = self._sales.get(sale_id)
         if info is not None:
             return info
-        if not SALE_ID_RE.match(sale_id):
+        if not SOURCE_ID_RE.match(sale_id):
             raise NotFound(f"no sale {sale_id!r}")
         loading = self._loading.get(sale_id)
         if loading is None:
@@ -90,7 +92,9 @@ class Commerce:
             )
         if price is None:
             raise NotFound(f"no sale {sale_id!r}")
-        info = self._sales[sale_id] = SaleInfo(int(price), currency.decode(), stream.decode())
+        info = SaleInfo(int(price), currency.decode(), stream.decode())
+        if not keys.is_auction(sale_id):  # an auction's record is no sale: the purchase path never finds it
+            self._sales[sale_id] = info
         return info
 
 
@@ -98,7 +102,7 @@ COMMERCE = web.AppKey("livesale_commerce", Commerce)
 
 
 def order_view(order_id: str, status: str, qty: int, price: int, expires_ms: int, created_ms: int) -> dict[str, Any]:
-    return {
+    view = {
         "id": order_id,
         "sale": keys.sale_of_order(order_id),
         "status": status,
@@ -108,6 +112,14 @@ def order_view(order_id: str, status: str, qty: int, price: int, expires_ms: int
         "expires_at": iso_ms(expires_ms) if status == "reserved" else None,
         "created_at": iso_ms(created_ms),
     }
+    return _from_auction(view)
+
+
+def _from_auction(order: dict[str, Any]) -> dict[str, Any]:
+    """An auction winner's order names `auction` where a sale's names `sale`."""
+    if keys.is_auction(order["sale"]):
+        order = {("auction" if k == "sale" else k): v for k, v in order.items()}
+    return order
 
 
 def _buyer(svc: Services, authorization: str | None) -> User:
@@ -123,6 +135,10 @@ def _idempotency_key(key: str | None) -> str:
     if not KEY_RE.match(key):
         raise Unprocessable("Idempotency-Key must be 1-200 visible ASCII characters")
     return key
+
+
+# The same checks guard auction bids (commerce.api.bid).
+buyer, idempotency_key = _buyer, _idempotency_key
 
 
 async def reserve(request: web.Request) -> web.Response:
@@ -176,6 +192,8 @@ def _reply_from(reply: Callable[[tuple[int, bytes] | BaseException], None],
 async def _purchase(com: Commerce, sale_id: str, user: str, key: str, qty: int) -> tuple[int, bytes]:
     """Look the sale up, reserve, answer: the aiohttp route, and the fast path's first purchase of a
     sale. Both steps together within the Redis timeout, else 503 (docs/limits.md)."""
+    if not SALE_ID_RE.match(sale_id):  # an auction's order record is not for sale
+        raise NotFound(f"no sale {sale_id!r}")
     try:
         async with asyncio.timeout(com.reserver.timeout_s):
             info = await com.sale_info(sale_id)
@@ -261,12 +279,12 @@ async def _load_order(svc: Services, com: Commerce, order_id: str, user: User) -
         row = (await conn.execute(sa.select(orders_table).where(orders_table.c.id == order_id))).first()
     if row is None or (row.user_id != user.id and user.role != "admin"):
         raise NotFound(f"no order {order_id!r}")
-    return {
+    return _from_auction({
         "id": row.id, "sale": row.sale_id, "status": row.status, "quantity": row.quantity,
         "amount_cents": row.amount_cents, "expires_at": None,
         # SQLite hands back naive datetimes; they were written in UTC.
         "created_at": iso_ms(int(row.created_at.replace(tzinfo=row.created_at.tzinfo or UTC).timestamp() * 1000)),
-    }
+    })
 
 
 async def _acting_for(svc: Services, order_id: str, user: User) -> str:
@@ -304,6 +322,7 @@ def _refused(com: Commerce, order_id: str, status: bytes | str) -> Conflict:
 async def pay(request: web.Request) -> web.Response:
     svc, com = request.app[SERVICES], request.app[COMMERCE]
     user = svc.auth.from_header(request.headers.get("Authorization"))
+    await _refuse_group_member(svc, request.match_info["id"], user)
     order_id = _order_id(request)
     body = await read_json(request)
     method = body.get("payment_method")
@@ -323,7 +342,7 @@ async def pay(request: web.Request) -> web.Response:
     order = await _load_order(svc, com, order_id, user)
     if order["amount_cents"] == 0:
         return await _pay_free(svc, com, order, owner)
-    info = await com.sale_info(order["sale"])
+    info = await com.sale_info(keys.sale_of_order(order_id))
     # Recorded before the charge: a charge whose commit never happens is refunded by the reconciler.
     await settlement.open_attempt(svc.db, order_id, user.id, method, order["amount_cents"], info.currency)
     try:
@@ -382,6 +401,7 @@ async def _pay_free(svc: Services, com: Commerce, order: dict[str, Any], owner: 
 async def cancel(request: web.Request) -> web.Response:
     svc, com = request.app[SERVICES], request.app[COMMERCE]
     user = svc.auth.from_header(request.headers.get("Authorization"))
+    await _refuse_group_member(svc, request.match_info["id"], user)
     order_id = _order_id(request)
     owner = await _acting_for(svc, order_id, user)
     with redis_errors():
@@ -397,9 +417,20 @@ async def cancel(request: web.Request) -> web.Response:
     return json_response(order)
 
 
+async def _refuse_group_member(svc: Services, order_id: str, user: User) -> None:
+    """A group-buy member's order is charged when they join and settled when the group closes
+    (docs/groupbuy.md): it is never pending, so pay and cancel answer 409 (404 for another user's)."""
+    if groupbuys.MEMBER_ID_RE.match(order_id):
+        order = await groupbuys.get_member_order(svc, order_id, user.id, user.role == "admin")
+        raise _not_pending(order["status"])
+
+
 async def get_order(request: web.Request) -> web.Response:
     svc, com = request.app[SERVICES], request.app[COMMERCE]
     user = svc.auth.from_header(request.headers.get("Authorization"))
+    if groupbuys.MEMBER_ID_RE.match(request.match_info["id"]):  # a group-buy member's order
+        return json_response(await groupbuys.get_member_order(svc, request.match_info["id"], user.id,
+                                                              user.role == "admin"))
     return json_response(await _load_order(svc, com, _order_id(request), user))
 
 

@@ -27,6 +27,9 @@ LIMITS = {
     "hold_s": (1, 86400),
 }
 
+EARLIEST_START = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_START = datetime(3000, 1, 1, tzinfo=UTC)
+
 
 def parse_time(value: Any) -> int:
     """RFC 3339 string -> epoch ms."""
@@ -38,20 +41,31 @@ def parse_time(value: Any) -> int:
         raise Unprocessable("starts_at must be an RFC 3339 time such as 2026-01-01T20:00:00Z") from exc
     if dt.tzinfo is None:
         raise Unprocessable("starts_at needs a time zone (use Z for UTC)")
+    # Every time a sale shows (starts_at, ends_at = starts_at + up to 7 days) must be one an RFC 3339
+    # string can carry: a start in year 1 or 9999 would make the sale, and every view listing it, fail.
+    if not EARLIEST_START <= dt < LATEST_START:
+        raise Unprocessable("starts_at must be from 2000-01-01 to 2999-12-31")
     return int(dt.timestamp() * 1000)
 
 
-def validate_sale(body: dict[str, Any]) -> dict[str, Any]:
+def validate_fields(body: dict[str, Any], limits: dict[str, tuple[int, int]],
+                    defaults: dict[str, int] | None = None) -> dict[str, Any]:
+    """`sku` and the integer fields of a new sale or auction, each within its (low, high) limits."""
     out: dict[str, Any] = {}
     sku = body.get("sku")
     if not isinstance(sku, str) or not sku:
         raise Unprocessable("sku must be a non-empty string")
     out["sku"] = sku
-    for name, (lo, hi) in LIMITS.items():
-        v = body.get(name)
+    for name, (lo, hi) in limits.items():
+        v = body.get(name, (defaults or {}).get(name))
         if type(v) is not int or not lo <= v <= hi:
             raise Unprocessable(f"{name} must be an integer from {lo} to {hi}")
         out[name] = v
+    return out
+
+
+def validate_sale(body: dict[str, Any]) -> dict[str, Any]:
+    out = validate_fields(body, LIMITS)
     out["starts_at"] = parse_time(body["starts_at"]) if body.get("starts_at") is not None else 0
     return out
 
@@ -120,10 +134,15 @@ async def create_sale(svc: Services, stream_id: str, spec: dict[str, Any], produ
     pipe = svc.redis.pipeline(transaction=True)
     pipe.hset(keys.sale(sale_id), mapping=mapping)
     pipe.xgroup_create(keys.events(sale_id), keys.WRITER_GROUP, id="0", mkstream=True)
-    pipe.sadd(keys.stream_sales(stream_id), sale_id)
-    pipe.sadd(keys.OPEN_SALES, sale_id)
-    pipe.sadd(keys.WRITER_SALES, sale_id)
+    # On a cluster the sets live in other slots, so no MULTI spans them: the sale's own keys first,
+    # then the sets that make the sweeper and the writer follow it (docs/cluster.md).
+    sets = svc.redis.pipeline(transaction=False) if svc.bus.sharded else pipe
+    sets.sadd(keys.stream_sales(stream_id), sale_id)
+    sets.sadd(keys.OPEN_SALES, sale_id)
+    sets.sadd(keys.WRITER_SALES, sale_id)
     await pipe.execute()
+    if sets is not pipe:
+        await sets.execute()
     # A start time already in the past starts the sale now.
     await inventory.tick(svc.redis, sale_id)
     view = await get_sale(svc, sale_id)
@@ -207,6 +226,13 @@ class StockNotices:
                 if raw is None:
                     continue
                 stream = self._stream_of[sale_id] = raw.decode()
+            if self.svc.bus.sharded:
+                # The sale's slot is not its stream's: read, then SPUBLISH in the stream's slot. Two
+                # processes' notices may then land out of read order (docs/cluster.md).
+                raw = await self.svc.redis.hget(keys.sale(sale_id), "available")  # type: ignore[misc]
+                if raw is not None:
+                    await self.svc.bus.publish_state(stream, {"type": "stock", "sale": sale_id, "available": int(raw)})
+                continue
             await inventory.STOCK_NOTICE(self.svc.redis, [keys.sale(sale_id)], [channel(stream), sale_id])
 
     async def _run(self) -> None:

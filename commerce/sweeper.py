@@ -1,10 +1,10 @@
-"""Hold expiry and sale start/end by the clock. Runs in every process; each step is one idempotent
-script per sale, so two processes sweeping at once expire each hold once and announce each change once."""
+"""Hold expiry, sale start/end and auction closing by the clock. Runs in every process; each step is
+one idempotent script per sale, so two processes sweeping at once expire each hold once and announce each change once."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from commerce import inventory, keys
 from commerce.sales import get_sale, publish_sale
@@ -16,10 +16,17 @@ log = logging.getLogger("livesale.sweeper")
 
 
 class Sweeper:
-    def __init__(self, svc: Services, on_stock: Callable[[str, int, int], None], interval: float = 0.25) -> None:
+    def __init__(self, svc: Services, on_stock: Callable[[str, int, int], None], interval: float = 0.25,
+                 auctions: Callable[[], Awaitable[int]] | None = None) -> None:
         self.svc = svc
         self.on_stock = on_stock
         self.interval = interval
+        self.auctions = auctions  # closes due auctions (commerce.auctions.Auctions.sweep), first each tick
+
+    async def tick(self) -> None:
+        if self.auctions is not None:
+            await self.auctions()
+        await self.sweep_once()
 
     async def sweep_once(self) -> int:
         """One pass over open sales; returns holds expired."""
@@ -36,7 +43,8 @@ class Sweeper:
             if t.expired:
                 if m.ENABLED:
                     m.HOLDS_EXPIRED.inc(t.expired)
-                self.on_stock(sale_id, t.available, t.held)
+                if not keys.is_auction(sale_id):  # an auction winner's hold: no stock to show
+                    self.on_stock(sale_id, t.available, t.held)
             if t.changed:
                 await publish_sale(self.svc.bus, await get_sale(self.svc, sale_id))
                 self.on_stock(sale_id, t.available, t.held)
@@ -53,4 +61,4 @@ class Sweeper:
         return expired
 
     async def run(self) -> None:
-        await keep_running(self.sweep_once, name="sweeper", log=log, interval=self.interval)
+        await keep_running(self.tick, name="sweeper", log=log, interval=self.interval)

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from commerce import keys
 from commerce.schema import orders
+from livesale.redis_client import is_cluster
 from livesale.tasks import keep_running, pause
 from monitoring import metrics as m
 
@@ -44,6 +45,7 @@ def _dt(ms: bytes) -> datetime:
     return datetime.fromtimestamp(int(ms) / 1000, UTC)
 
 
+CLUSTER_POLL_S = 0.05
 YIELD_S = 0.25
 YIELD_SPELL_S = 3.0
 
@@ -171,12 +173,27 @@ class OrderWriter:
         for sale_id in sale_ids:
             await self._ensure_group(sale_id)
         streams = {keys.events(s): ("0" if pending_first else ">") for s in sale_ids}
-        resp = await self.redis.xreadgroup(
-            keys.WRITER_GROUP, self.consumer, streams, count=self.batch, block=None if pending_first else block_ms
-        )
+        if is_cluster(self.redis):
+            resp = await self._read_cluster(streams, block_ms, pending_first)
+        else:
+            resp = await self.redis.xreadgroup(
+                keys.WRITER_GROUP, self.consumer, streams, count=self.batch, block=None if pending_first else block_ms
+            )
         entries = self._flatten(resp)
         await self.commit(entries)
         return len(entries)
+
+    async def _read_cluster(self, streams: dict[str, str], block_ms: int, pending_first: bool) -> list[Any]:
+        """XREADGROUP on a cluster: one key per command (sales' streams are in different slots, and a
+        multi-key command must stay in one), sent as one pipeline per master. Nothing blocks: an empty
+        read waits `CLUSTER_POLL_S` (or `block_ms`, if shorter) before the next (docs/cluster.md)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key, start in streams.items():
+            pipe.xreadgroup(keys.WRITER_GROUP, self.consumer, {key: start}, count=self.batch)
+        resp = [stream for reply in await pipe.execute() for stream in (reply or [])]
+        if not resp and not pending_first:
+            await pause(min(block_ms / 1000, CLUSTER_POLL_S))
+        return resp
 
     async def reclaim(self) -> int:
         """Take over entries another consumer read and never acked (it died)."""

@@ -1,4 +1,4 @@
-"""HTTP handlers for streams: create, start, end, get, pin (DESIGN.md "HTTP API")."""
+"""HTTP handlers for streams: create, start, end, get, pin (docs/design.md "HTTP API")."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import orjson
 import sqlalchemy as sa
 from aiohttp import web
 
+import commerce.auctions
 import commerce.catalog
+import commerce.groupbuys
 import commerce.sales
 import realtime.state
 from live import keys
@@ -77,6 +79,7 @@ async def snapshot_source(svc: Services, stream_id: str) -> dict[str, Any] | Non
         "stream": {k: st[k] for k in ("id", "status", "host", "title", "video")},
         "pinned": st["pinned"],
         "sales": await commerce.sales.list_for_stream(svc, stream_id),
+        "auctions": await commerce.auctions.list_for_stream(svc, stream_id),
     }
 
 
@@ -134,6 +137,7 @@ async def _transition(request: web.Request, action: str) -> web.Response:
         await conn.execute(streams.update().where(streams.c.id == stream_id).values(status=status, **{field: now}))
     if new is StreamStatus.ENDED:
         await commerce.sales.end_for_stream(svc, stream_id)
+        await commerce.groupbuys.end_for_stream(svc, stream_id)
         media = request.app.get(MEDIA)
         if media is not None:  # other processes close theirs within a couple of seconds
             await media.end_stream(stream_id)
@@ -150,6 +154,7 @@ async def _finish_end(svc: Services, stream_id: str) -> None:
         await conn.execute(streams.update().where(streams.c.id == stream_id, streams.c.status != "ended")
                            .values(status="ended", ended_at=when))
     await commerce.sales.end_for_stream(svc, stream_id)
+    await commerce.groupbuys.end_for_stream(svc, stream_id)
 
 
 async def start_stream(request: web.Request) -> web.Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import sqlalchemy as sa
@@ -12,6 +14,8 @@ import commerce.orders
 import live.api
 import live.discovery
 import live.media
+import live.openapi
+import live.pages
 import live.stats
 import realtime
 from livesale.auth import Verifier
@@ -39,14 +43,23 @@ def create_app(settings: Settings) -> web.Application:
         redis = connect(settings.redis_url or "", timeout_s=settings.redis_timeout_s)
         engine = make_engine(settings.sql_url)
         await create_tables(engine)
+        auth = Verifier.from_settings(settings)
+        refresher = None
+        if auth.jwks is not None:
+            await auth.jwks.refresh()  # bounded by the fetch timeout; a failure is logged, not fatal
+            refresher = asyncio.create_task(auth.jwks.run())
         app[SERVICES] = Services(
             settings=settings,
             redis=redis,
             db=engine,
-            auth=Verifier(settings.secret),
+            auth=auth,
             bus=Bus(redis, settings.stream_log_maxlen),
         )
         yield
+        if refresher is not None:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
         await redis.aclose()
         await engine.dispose()
 
@@ -57,9 +70,11 @@ def create_app(settings: Settings) -> web.Application:
     live.stats.setup(app)
     commerce.api.setup(app)
     realtime.setup(app, snapshot_source=live.api.snapshot_source)
+    live.pages.setup(app)
     app.router.add_get("/metrics", guarded(exposition.metrics_handler))
     app.router.add_get("/healthz", guarded(healthz))
     app.router.add_get("/readyz", guarded(readyz))
+    live.openapi.setup(app)
     catch_all(app)  # last: every path no route above matched
     return app
 

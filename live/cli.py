@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import io
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -40,14 +41,19 @@ async def _freeze_gc(_app: object) -> None:
     gc.freeze()
 
 
-def _worker(settings: Settings, reuse_port: bool, demo: bool) -> None:
+def _worker(settings: Settings, reuse_port: bool, demo: bool, seed: bool) -> None:
     from aiohttp.web_runner import GracefulExit
 
     from live.app import create_app
+    from live.pages import enable_dev_tokens
 
     _install_uvloop()
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a spawned worker does not run main()
+        sys.stdout.reconfigure(line_buffering=True)
     app = create_app(settings)
     if demo:
+        enable_dev_tokens(app)  # every worker: the pages' sign-in may land on any of them
+    if seed:
         from live.demo import seed_on_startup
 
         app.on_startup.append(seed_on_startup)
@@ -72,9 +78,9 @@ def _worker(settings: Settings, reuse_port: bool, demo: bool) -> None:
 async def _serve(app: web.Application, settings: Settings, reuse_port: bool) -> None:
 
     from live.app import make_site
-    from livesale.web import Runner
+    from livesale.web import Runner, access_log_options
 
-    runner = Runner(app, handle_signals=True, access_log=None, shutdown_timeout=5)
+    runner = Runner(app, handle_signals=True, shutdown_timeout=5, **access_log_options(settings))
     await runner.setup()
     try:
         await make_site(runner, settings, reuse_port=reuse_port).start()
@@ -104,7 +110,7 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
         log.warning("embedded redis-server on %s (data in %s)", embedded.url, embedded.data_dir)
     try:
         if settings.workers <= 1:
-            _worker(settings, False, demo)
+            _worker(settings, False, demo, demo)
             return 0
         asyncio.run(_prepare_sql(settings))
         # Several workers share the port (SO_REUSEPORT) and Redis; /metrics on any of them covers all
@@ -114,7 +120,7 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
         metrics_dir = MetricsDir()
         ctx = multiprocessing.get_context("spawn")
         procs = [
-            ctx.Process(target=_worker, args=(settings, True, demo and i == 0), daemon=False)
+            ctx.Process(target=_worker, args=(settings, True, demo, demo and i == 0), daemon=False)
             for i in range(settings.workers)
         ]
         for p in procs:
@@ -192,6 +198,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Redirected to a file or a pipe (`make run > demo.log`), stdout would be block-buffered and hold
+    # back what the demo prints until exit; line-buffered, each line is there when it is printed.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if argv and argv[0] == "swarm":
         from load.swarm import main as swarm_main
@@ -206,11 +216,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env(
             host=args.host, port=args.port, workers=args.workers, metrics=not args.no_metrics
         )
+        problems = settings.auth_problems()
+        for problem in problems:
+            print(f"livesale {args.cmd}: {problem}", file=sys.stderr)
+        if problems:
+            return 2
         return serve(settings, demo=args.cmd == "demo")
     if args.cmd == "token":
         from livesale.auth import mint
 
-        print(mint(Settings.from_env().secret, args.user, args.role, args.ttl))
+        settings = Settings.from_env()
+        if settings.jwt_max_lifetime_s and args.ttl > settings.jwt_max_lifetime_s:
+            print(f"livesale token: --ttl {args.ttl} is over LIVESALE_JWT_MAX_LIFETIME_S "
+                  f"({settings.jwt_max_lifetime_s}): the server would refuse the token", file=sys.stderr)
+            return 2
+        print(mint(settings.secret, args.user, args.role, args.ttl))
         return 0
     if args.cmd == "writer":
         from commerce.writer import run_standalone

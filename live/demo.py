@@ -1,4 +1,4 @@
-"""`livesale demo`: a seeded stream with two products and a running flash sale, and how to buy."""
+"""`livesale demo`: a seeded stream with two products, a running flash sale and a group-buy, and how to buy."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import orjson
 import sqlalchemy as sa
 from aiohttp import web
 
-from commerce import catalog, sales
+from commerce import catalog, groupbuys, sales
 from commerce.schema import products
 from live import keys
 from live.schema import streams
@@ -62,12 +62,22 @@ async def seed_on_startup(app: web.Application) -> None:
         spec = {"sku": "DEMO-TEE", "price_cents": 1500, "stock": 100, "per_user_limit": 2, "duration_s": 3600,
                 "hold_s": 120, "starts_at": int(now.timestamp() * 1000)}
         sale = await sales.create_sale(svc, stream_id, spec, tee)
+    gb = next((x for x in await groupbuys.list_for_stream(svc, stream_id) if x["status"] == "active"), None)
+    if gb is None:
+        spec = {"sku": "DEMO-MUG", "stock": 50, "group_ttl_s": 3600,
+                "tiers": [(2, 1000), (3, 900), (5, 800)]}
+        gb = await groupbuys.create_groupbuy(svc, stream_id, spec, await catalog.get_product(svc, "DEMO-MUG"))
     s = svc.settings
     base = f"http://{s.host}:{s.port}"
-    viewer = mint(s.secret, "alice", "viewer", 86400)
-    hosttok = mint(s.secret, host, "host", 86400)
+    ttl = min(86400, s.jwt_max_lifetime_s or 86400)  # docs/auth.md: no token outlives the maximum
+    viewer = mint(s.secret, "alice", "viewer", ttl)
+    hosttok = mint(s.secret, host, "host", ttl)
     print(f"""
 livesale demo is up on {base}
+  landing:       {base}/
+  viewer page:   {base}/s/{stream_id}
+  host console:  {base}/host/{stream_id}   (sign in as {host})
+
   stream {stream_id} (live), flash sale {sale['id']}: {sale['stock']} x {sale['sku']} at $15.00, limit 2 per buyer
 
   viewer token (alice):  export TOKEN={viewer}
@@ -80,6 +90,9 @@ livesale demo is up on {base}
        -H 'Idempotency-Key: my-first-order' -d '{{"quantity": 1}}'
   # pay it (pm_card_chargeDeclined declines), or cancel it
   curl -s -X POST {base}/api/orders/<order id>/pay -H "Authorization: Bearer $TOKEN" -d '{{"payment_method": "pm_card_visa"}}'
+  # group-buy {gb['id']}: mugs at $10 for 2, $9 for 3, $8 for 5 (docs/groupbuy.md); open a group, share /g/<group>
+  curl -s -X POST {base}/api/groupbuys/{gb['id']}/groups -H "Authorization: Bearer $TOKEN" \
+       -H 'Idempotency-Key: my-group' -d '{{"payment_method": "pm_card_visa"}}'
   # watch the stream: websocket {base.replace('http', 'ws')}/ws/streams/{stream_id}?token=$TOKEN
   # metrics: curl -s {base}/metrics
 """, flush=True)

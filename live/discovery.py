@@ -17,8 +17,12 @@ import sqlalchemy as sa
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from commerce import auctions, groupbuys
 from commerce import keys as commerce_keys
 from commerce.sales import sale_view
+from commerce.schema import auctions as auctions_table
+from commerce.schema import group_orders
+from commerce.schema import groupbuys as groupbuys_table
 from commerce.schema import orders as orders_table
 from commerce.schema import sales as sales_table
 from live import paging
@@ -153,7 +157,10 @@ async def stream_sales(request: web.Request) -> web.Response:
         for sale_id in ids:
             pipe.hgetall(commerce_keys.sale(sale_id))
         hashes = await pipe.execute() if ids else []
-    return json_response({"sales": [sale_view(i, h) for i, h in zip(ids, hashes, strict=True) if h]})
+        gbs = await groupbuys.list_for_stream(svc, stream_id)
+        aucs = await auctions.list_for_stream(svc, stream_id)
+    return json_response({"sales": [sale_view(i, h) for i, h in zip(ids, hashes, strict=True) if h],
+                          "auctions": aucs, "groupbuys": gbs})
 
 
 # --- GET /api/streams/{id}/comments
@@ -185,7 +192,7 @@ async def comments(request: web.Request) -> web.Response:
 
 # --- GET /api/me/orders
 #
-# Each kind of order (flash sale today; auction wins and group-buy members when they land) is one
+# Each kind of order (flash sale, auction win, group-buy member) is one
 # source: a function giving the user's newest orders after a (created_at, id) position. The page is
 # the merge of every source's, newest first; order ids are unique across kinds.
 OrderSource = Callable[[AsyncConnection, str, tuple[datetime, str] | None, int], Awaitable[list[dict[str, Any]]]]
@@ -197,7 +204,7 @@ async def _sale_orders(conn: AsyncConnection, user_id: str, after: tuple[datetim
     q = (sa.select(o.id, o.sale_id, o.quantity, o.amount_cents, o.status, o.created_at, s.stream_id, s.sku,
                    s.currency)
          .select_from(orders_table.outerjoin(sales_table, s.id == o.sale_id))
-         .where(o.user_id == user_id))
+         .where(o.user_id == user_id, o.sale_id.notlike("au%")))  # auction wins: _auction_orders
     if after is not None:
         q = q.where(sa.or_(o.created_at < after[0], sa.and_(o.created_at == after[0], o.id < after[1])))
     rows = (await conn.execute(q.order_by(o.created_at.desc(), o.id.desc()).limit(n))).all()
@@ -206,22 +213,63 @@ async def _sale_orders(conn: AsyncConnection, user_id: str, after: tuple[datetim
              "currency": r.currency, "expires_at": None, "_created": to_us(r.created_at)} for r in rows]
 
 
-ORDER_SOURCES: list[OrderSource] = [_sale_orders]
+async def _auction_orders(conn: AsyncConnection, user_id: str, after: tuple[datetime, str] | None,
+                          n: int) -> list[dict[str, Any]]:
+    """Auction wins (docs/auctions.md): rows of `orders` whose sale_id is the auction's id."""
+    o, a = orders_table.c, auctions_table.c
+    q = (sa.select(o.id, o.sale_id, o.quantity, o.amount_cents, o.status, o.created_at, a.stream_id, a.sku,
+                   a.currency)
+         .select_from(orders_table.join(auctions_table, a.id == o.sale_id))
+         .where(o.user_id == user_id))
+    if after is not None:
+        q = q.where(sa.or_(o.created_at < after[0], sa.and_(o.created_at == after[0], o.id < after[1])))
+    rows = (await conn.execute(q.order_by(o.created_at.desc(), o.id.desc()).limit(n))).all()
+    return [{"kind": "auction", "id": r.id, "auction": r.sale_id, "stream_id": r.stream_id, "sku": r.sku,
+             "status": r.status, "quantity": r.quantity, "amount_cents": r.amount_cents,
+             "currency": r.currency, "expires_at": None, "_created": to_us(r.created_at)} for r in rows]
+
+
+async def _group_orders(conn: AsyncConnection, user_id: str, after: tuple[datetime, str] | None,
+                        n: int) -> list[dict[str, Any]]:
+    """A group-buy member's orders (docs/groupbuy.md); the ones whose card was declined are left out."""
+    o, g = group_orders.c, groupbuys_table.c
+    q = (sa.select(o.id, o.groupbuy_id, o.group_id, o.status, o.amount_cents, o.charged_cents, o.refunded_cents,
+                   o.created_at, g.stream_id, g.sku, g.currency)
+         .select_from(group_orders.outerjoin(groupbuys_table, g.id == o.groupbuy_id))
+         .where(o.user_id == user_id, o.status != "declined"))
+    if after is not None:
+        q = q.where(sa.or_(o.created_at < after[0], sa.and_(o.created_at == after[0], o.id < after[1])))
+    rows = (await conn.execute(q.order_by(o.created_at.desc(), o.id.desc()).limit(n))).all()
+    return [{"kind": "group", "id": r.id, "groupbuy": r.groupbuy_id, "group": r.group_id, "stream_id": r.stream_id,
+             "sku": r.sku, "status": r.status, "quantity": 1, "amount_cents": r.amount_cents,
+             "charged_cents": r.charged_cents, "refunded_cents": r.refunded_cents, "currency": r.currency,
+             "expires_at": None, "_created": to_us(r.created_at)} for r in rows]
+
+
+ORDER_SOURCES: list[OrderSource] = [_sale_orders, _auction_orders, _group_orders]
 
 
 async def _live_status(svc: Services, page: list[dict[str, Any]]) -> None:
     """SQL follows Redis through the order writer: an order's status and hold are read from Redis
     while its sale's keys are there, so a payment shows at once."""
-    sale_orders = [o for o in page if o["kind"] == "sale"]
-    if not sale_orders:
+    sale_orders = [o for o in page if o["kind"] in ("sale", "auction")]  # an auction win has a sale's keys
+    group_members = [o for o in page if o["kind"] == "group"]
+    if not sale_orders and not group_members:
         return
     pipe = svc.redis.pipeline(transaction=False)
     for o in sale_orders:
-        pipe.hmget(commerce_keys.orders(o["sale"]), "s:" + o["id"], "e:" + o["id"])
-    for o, (s, e) in zip(sale_orders, await pipe.execute(), strict=True):
+        pipe.hmget(commerce_keys.orders(o.get("sale") or o["auction"]), "s:" + o["id"], "e:" + o["id"])
+    for o in group_members:
+        pipe.hmget(commerce_keys.groupbuy_keys(o["groupbuy"])[4], *(f + o["id"] for f in groupbuys.ORDER_FIELDS))
+    found = await pipe.execute()
+    for o, (s, e) in zip(sale_orders, found, strict=False):
         if s is not None:
             o["status"] = s.decode()
             o["expires_at"] = iso_ms(int(e)) if o["status"] == "reserved" and e else None
+    for o, fields in zip(group_members, found[len(sale_orders):], strict=True):
+        if fields[0] is not None and fields[0] != b"declined":
+            live = groupbuys.member_order_view(o["id"], fields, o["currency"])
+            o.update({k: live[k] for k in ("status", "amount_cents", "charged_cents", "refunded_cents")})
 
 
 async def my_orders(request: web.Request) -> web.Response:

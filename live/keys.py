@@ -1,5 +1,5 @@
 """Redis keys of `live`: a stream's, hash-tagged `{stream:ID}`, and the analytics figures of a sale,
-tagged `{sale:ID}` like the sale's own keys (STYLE.md #8)."""
+tagged `{sale:ID}` like the sale's own keys (CONTRIBUTING.md #8)."""
 
 
 from livesale.bus import meta_key

@@ -59,8 +59,8 @@ def decode_cursor(raw: str | None, kinds: tuple[type, ...]) -> list[Any] | None:
     for part, kind in zip(parts, kinds, strict=True):
         # bool is an int to isinstance; a cursor never holds one. Our integers (times in epoch µs,
         # indexes) are within 0..2^53: a larger one would overflow a datetime.
-        if not isinstance(part, kind) or isinstance(part, bool) or (kind is int and not 0 <= part < 2**53):
+        if not isinstance(part, kind) or isinstance(part, bool):
             raise bad
-        if kind is str and len(part) > 200:
+        if (isinstance(part, int) and not 0 <= part < 2**53) or (isinstance(part, str) and len(part) > 200):
             raise bad
     return parts

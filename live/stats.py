@@ -4,17 +4,19 @@ docs/api.md "Stream analytics".
 Two sources, both global across processes and both off the hot paths:
 - the audience (viewers, views, unique viewers, watch time, comments, likes) is what every process's
   hub adds to Redis once per viewers tick (realtime/analytics.py);
-- the orders are folded, when stats are read, from each sale's order-event stream, which the
-  inventory scripts append to in the same atomic step as every reserve, pay, cancel and expiry
-  (stats_fold.lua): the figures are the orders' own history, and a purchase does no extra work.
-While the stream is live (or its holds can still be paid) the figures are provisional; after that
-they are computed once more and kept.
+- the orders of sales and auction wins are folded, when stats are read, from each one's order-event
+  stream, which the inventory scripts append to in the same atomic step as every reserve, pay, cancel
+  and expiry (stats_fold.lua): the figures are the orders' own history, and a purchase does no extra
+  work; a group-buy's are read from its own records (commerce.groupbuys.figures).
+While the stream is live (or a hold can still be paid, an auction still close, a group still fill)
+the figures are provisional; after that they are computed once more and kept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
@@ -24,7 +26,10 @@ import orjson
 import sqlalchemy as sa
 from aiohttp import web
 
+from commerce import groupbuys
 from commerce import keys as commerce_keys
+from commerce.schema import auctions as auctions_table
+from commerce.schema import groupbuys as groupbuys_table
 from commerce.schema import orders as orders_table
 from commerce.schema import sales as sales_table
 from live import keys
@@ -51,7 +56,7 @@ class SaleFigures:
     paid_orders: int = 0
     units_sold: int = 0
     gmv_cents: int = 0
-    refunded_cents: int = 0  # flash-sale orders are never refunded once paid (docs/api.md)
+    refunded_cents: int = 0  # a paid sale or auction order is never refunded; group-buys' differences (docs/api.md)
     held: int = 0  # units still on hold: they may yet be paid
     buyers: set[str] = field(default_factory=set)
     minutes: dict[str, int] = field(default_factory=dict)  # "<minute>:o" orders, "<minute>:g" GMV
@@ -133,6 +138,31 @@ async def _sale_figures(svc: Services, sale_id: str, sku: str) -> SaleFigures:
     return figs
 
 
+async def _auction_figures(svc: Services, auction_id: str, sku: str, status: str) -> SaleFigures:
+    """An auction as a product: its winner's order is a sale-shaped order on `{sale:<auction id>}` keys
+    (docs/auctions.md), folded like a sale's. An auction not yet closed may still make an order."""
+    figs = await _sale_figures(svc, auction_id, sku)
+    figs.kind = "auction"
+    if status in ("scheduled", "active"):
+        figs.held += 1
+    return figs
+
+
+async def _groupbuy_figures(svc: Services, gb_id: str, sku: str) -> tuple[SaleFigures, Counter[str]]:
+    """A group-buy as a product of the stats (docs/groupbuy.md), and its referrals per sharer."""
+    g = await groupbuys.figures(svc, gb_id)
+    figs = SaleFigures("groupbuy", gb_id, sku, orders=g.orders, paid_orders=g.paid_orders,
+                       units_sold=g.paid_orders, gmv_cents=g.gmv_cents, refunded_cents=g.refunded_cents,
+                       held=g.in_groups, buyers=g.buyers)
+    for ms in g.joined_ms:
+        key = f"{minute_of(ms)}:o"
+        figs.minutes[key] = figs.minutes.get(key, 0) + 1
+    for ms, cents in g.paid_ms:
+        key = f"{minute_of(ms)}:g"
+        figs.minutes[key] = figs.minutes.get(key, 0) + cents
+    return figs, g.referrals
+
+
 async def _sql_sale_figures(svc: Services, figs: SaleFigures) -> SaleFigures:
     o = orders_table.c
     async with svc.db.connect() as conn:
@@ -169,12 +199,26 @@ async def stream_stats(svc: Services, stream_id: str) -> dict[str, Any]:
         sale_rows = (await conn.execute(sa.select(sales_table.c.id, sales_table.c.sku)
                                         .where(sales_table.c.stream_id == stream_id)
                                         .order_by(sales_table.c.created_at, sales_table.c.id))).all()
-    aud, sales = await asyncio.gather(state.audience(svc.redis, stream_id),
-                                      asyncio.gather(*(_sale_figures(svc, r.id, r.sku) for r in sale_rows)))
+        auction_rows = (await conn.execute(sa.select(auctions_table.c.id, auctions_table.c.sku, auctions_table.c.status)
+                                           .where(auctions_table.c.stream_id == stream_id)
+                                           .order_by(auctions_table.c.created_at, auctions_table.c.id))).all()
+        gb_rows = (await conn.execute(sa.select(groupbuys_table.c.id, groupbuys_table.c.sku)
+                                      .where(groupbuys_table.c.stream_id == stream_id)
+                                      .order_by(groupbuys_table.c.created_at, groupbuys_table.c.id))).all()
+    aud, sales, auctions, gbs = await asyncio.gather(
+        state.audience(svc.redis, stream_id),
+        asyncio.gather(*(_sale_figures(svc, r.id, r.sku) for r in sale_rows)),
+        asyncio.gather(*(_auction_figures(svc, r.id, r.sku, r.status) for r in auction_rows)),
+        asyncio.gather(*(_groupbuy_figures(svc, r.id, r.sku) for r in gb_rows)))
+    sales = [*sales, *auctions, *(figs for figs, _ in gbs)]
+    referrals: Counter[str] = Counter()
+    for _, refs in gbs:
+        referrals.update(refs)
     now = int(time.time() * 1000)
     out = {"stream_id": stream_id, "status": status.decode(), "provisional": True,
            "started_at": iso_ms(started_ms), "ended_at": iso_ms(ended_ms)}
     out.update(compose(aud, list(sales), started_ms, ended_ms, now))
+    out["referrals"] = dict(referrals.most_common())  # group-buy members per sharer (docs/groupbuy.md)
     out["updated_at"] = iso_ms(now)
     settled = ended_ms is not None and now >= ended_ms + SETTLE_MS and not any(s.held for s in sales)
     out["provisional"] = not settled

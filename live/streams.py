@@ -1,4 +1,4 @@
-"""Stream lifecycle as an explicit state machine (STYLE.md #2): scheduled -> live -> ended."""
+"""Stream lifecycle as an explicit state machine (CONTRIBUTING.md #2): scheduled -> live -> ended."""
 
 from __future__ import annotations
 

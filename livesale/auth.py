@@ -1,4 +1,5 @@
-"""JWT HS256 tokens (DESIGN.md "Auth"): claims `sub`, `role`, `exp`."""
+"""JWT tokens (docs/auth.md): HS256 signed with this deployment's secret, and RS256/ES256 signed by an
+identity provider whose keys come from a JWKS URL. Claims `sub`, `role`, `exp` (and `iat`)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,20 @@ import hmac
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 import orjson
 
 from livesale.errors import Forbidden, Unauthorized
+from livesale.jwks import ALGORITHMS, KeySet
+
+if TYPE_CHECKING:
+    from livesale.config import Settings
 
 ROLES = ("viewer", "host", "moderator", "admin")
+# RFC 7518 §3.2: an HS256 key has at least as many bits as the hash output (256).
+MIN_SECRET_BYTES = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,16 +63,44 @@ class Verifier:
 
     MAX_CACHE = 200_000
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, *, hs256: bool = True, jwks: KeySet | None = None,
+                 issuer: str | None = None, audience: str | None = None, max_lifetime_s: int = 0,
+                 role_claim: str = "role") -> None:
+        """`secret` verifies HS256 tokens (unless `hs256` is off); `jwks` holds the identity provider's
+        keys for RS256/ES256 tokens, which must then carry `iss` == `issuer` and `aud` naming
+        `audience` when those are set. With `max_lifetime_s`, every token needs `iat` and
+        `exp - iat` at most that. `role_claim` names the provider's claim carrying our role."""
         self._secret = secret
         self._key = secret.encode()
+        self._hs256 = hs256
+        self._jwks = jwks
+        self._issuer = issuer
+        self._audience = audience
+        self._max_lifetime = max_lifetime_s
+        self._role_claim = role_claim
         self._cache: dict[str, User] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Verifier:
+        """The verifier `settings` describe; its KeySet (if any) is `.jwks`, for the caller to refresh."""
+        jwks = None
+        if settings.jwks_url:
+            jwks = KeySet(settings.jwks_url, refresh_s=settings.jwks_refresh_s,
+                          min_refresh_s=settings.jwks_min_refresh_s)
+        return cls(settings.secret, hs256=settings.jwt_hs256, jwks=jwks, issuer=settings.jwt_issuer or None,
+                   audience=settings.jwt_audience or None, max_lifetime_s=settings.jwt_max_lifetime_s,
+                   role_claim=settings.jwt_role_claim)
+
+    @property
+    def jwks(self) -> KeySet | None:
+        return self._jwks
 
     def _fast_claims(self, token: str) -> dict[str, Any] | None:
         """The claims of a token that `jwt.decode(..., algorithms=["HS256"], require exp and sub)`
         would accept, when it has our header and only our claims (and the key is long enough that PyJWT
         has nothing to warn about); None means "ask PyJWT"."""
-        if not token.startswith(_HS256_PREFIX) or not token.isascii() or len(self._key) < 32:
+        if (not self._hs256 or not token.startswith(_HS256_PREFIX) or not token.isascii()
+                or len(self._key) < MIN_SECRET_BYTES):
             return None
         signing, _, sig = token.encode().rpartition(b".")
         payload = signing[_PREFIX_LEN:]
@@ -93,6 +128,8 @@ class Verifier:
         now = time.time()
         if exp <= now or iat > now:  # PyJWT's own rules, leeway 0: it words the rejection
             return None
+        if self._max_lifetime and ("iat" not in claims or exp - iat > self._max_lifetime):
+            return None
         return claims
 
     def verify(self, token: str) -> User:
@@ -102,9 +139,10 @@ class Verifier:
                 return user
             del self._cache[token]
         claims = self._fast_claims(token)
+        role_claim = "role"
         if claims is None:
-            claims = self._pyjwt_claims(token)
-        sub, role = claims.get("sub"), claims.get("role", "viewer")
+            claims, role_claim = self._pyjwt_claims(token)
+        sub, role = claims.get("sub"), claims.get(role_claim, "viewer")
         if not isinstance(sub, str) or not sub or len(sub) > 128 or role not in ROLES:
             raise Unauthorized("invalid token claims")
         user = User(sub, role, float(claims["exp"]))
@@ -113,17 +151,44 @@ class Verifier:
         self._cache[token] = user
         return user
 
-    def _pyjwt_claims(self, token: str) -> dict[str, Any]:
+    def _pyjwt_claims(self, token: str) -> tuple[dict[str, Any], str]:
+        """The claims PyJWT accepts under our rules, and the name of the claim that carries the role."""
+        require = ["exp", "sub"] + (["iat"] if self._max_lifetime else [])
         try:
-            claims: dict[str, Any] = jwt.decode(
-                token, self._secret, algorithms=["HS256"], options={"require": ["exp", "sub"]})
+            header = jwt.get_unverified_header(token)
+            alg = header.get("alg")
+            if alg == "HS256" and self._hs256:
+                claims: dict[str, Any] = jwt.decode(
+                    token, self._secret, algorithms=["HS256"], options={"require": require})
+                role_claim = "role"
+            elif alg in ALGORITHMS and self._jwks is not None:
+                kid = header.get("kid")
+                found = self._jwks.get(kid) if isinstance(kid, str) else None
+                if found is None:
+                    raise Unauthorized("token signed by an unknown key")
+                key, key_alg = found
+                if alg != key_alg:
+                    raise Unauthorized("invalid token")
+                if self._issuer:
+                    require.append("iss")
+                if self._audience:
+                    require.append("aud")
+                claims = jwt.decode(token, key.key, algorithms=[alg], issuer=self._issuer,
+                                    audience=self._audience, options={"require": require})
+                role_claim = self._role_claim
+            else:
+                raise Unauthorized("invalid token")
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized("token expired") from exc
         except jwt.InvalidTokenError as exc:
             raise Unauthorized("invalid token") from exc
         if not _plain_json(token.split(".")[1]):
             raise Unauthorized("invalid token claims")
-        return claims
+        if self._max_lifetime:
+            # PyJWT has checked that both are integers (it takes int() of each).
+            if int(claims["exp"]) - int(claims["iat"]) > self._max_lifetime:
+                raise Unauthorized(f"token lifetime over {self._max_lifetime} s")
+        return claims, role_claim
 
     def from_header(self, header: str | None) -> User:
         if not header:

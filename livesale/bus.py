@@ -1,9 +1,9 @@
 """The stream event bus: how `commerce` and `live` reach viewers without knowing about sockets.
 
 Every event for stream S is published as one JSON object on channel `stream:S`; the hub forwards the
-bytes as they are. Stream-log events (comment, comment_deleted, pin, sale, stream, video) also get the next
-per-stream `seq` and an entry in the bounded log `{stream:S}:log` (entry id `seq-0`), atomically with
-the publish. State events (likes, stock, viewers) are published only.
+bytes as they are. Stream-log events (comment, comment_deleted, pin, sale, stream, video, auction, bid,
+group) also get the next per-stream `seq` and an entry in the bounded log `{stream:S}:log` (entry id
+`seq-0`), atomically with the publish. State events (likes, stock, viewers) are published only.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from livesale.redis_client import LuaScript
+from livesale.redis_client import LuaScript, is_cluster
 
-LOG_TYPES = frozenset({"comment", "comment_deleted", "pin", "sale", "stream", "video"})
+LOG_TYPES = frozenset({"comment", "comment_deleted", "pin", "sale", "stream", "video", "auction", "bid", "group"})
 STATE_TYPES = frozenset({"likes", "stock", "viewers"})
 
 # append_log(): the one way a stream-log event is written (bus_publish.lua, live/stream_cas.lua).
@@ -51,6 +51,7 @@ class Bus:
     def __init__(self, redis: aioredis.Redis, log_maxlen: int = 1000) -> None:
         self.redis = redis
         self.log_maxlen = log_maxlen
+        self.sharded = is_cluster(redis)  # rooms on sharded pub/sub (docs/cluster.md)
 
     async def publish_log(self, stream_id: str, event: dict[str, Any], *,
                           meta: tuple[str, bytes] | None = None) -> int:
@@ -71,4 +72,7 @@ class Bus:
     async def publish_state(self, stream_id: str, event: dict[str, Any]) -> None:
         if event.get("type") not in STATE_TYPES:
             raise ValueError(f"not a state event type: {event.get('type')!r}")
-        await self.redis.publish(channel(stream_id), orjson.dumps(event))
+        if self.sharded:
+            await self.redis.spublish(channel(stream_id), orjson.dumps(event))
+        else:
+            await self.redis.publish(channel(stream_id), orjson.dumps(event))

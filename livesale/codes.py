@@ -1,4 +1,4 @@
-"""Every error code and WebSocket close code clients see, as data (STYLE.md #4).
+"""Every error code and WebSocket close code clients see, as data (CONTRIBUTING.md #4).
 
 Codes double as metric label values, so the sets are closed and small.
 """
@@ -26,6 +26,17 @@ class ErrorCode(StrEnum):
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     ORDER_NOT_PENDING = "order_not_pending"
     CARD_DECLINED = "card_declined"
+    # Auctions (docs/auctions.md).
+    AUCTION_NOT_ACTIVE = "auction_not_active"
+    BID_TOO_LOW = "bid_too_low"
+    ALREADY_LEADING = "already_leading"
+    INVALID_AMOUNT = "invalid_amount"
+    # Group-buys (docs/groupbuy.md).
+    INVALID_TIERS = "invalid_tiers"
+    GROUPBUY_NOT_ACTIVE = "groupbuy_not_active"
+    GROUP_FULL = "group_full"
+    GROUP_CLOSED = "group_closed"
+    ALREADY_IN_GROUP = "already_in_group"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
     # Media, WHIP/WHEP (docs/media.md).
@@ -34,7 +45,7 @@ class ErrorCode(StrEnum):
     PUBLISHER_EXISTS = "publisher_exists"
     NO_PUBLISHER = "no_publisher"
     AT_CAPACITY = "at_capacity"
-    # WebSocket `error` event codes (DESIGN.md "WebSocket").
+    # WebSocket `error` event codes (docs/design.md "WebSocket").
     INVALID_FRAME = "invalid_frame"
     UNKNOWN_TYPE = "unknown_type"
     INVALID_COMMENT = "invalid_comment"

@@ -1,4 +1,4 @@
-"""Settings from the environment (DESIGN.md "Running")."""
+"""Settings from the environment (docs/design.md "Running")."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import secrets
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from livesale.auth import MIN_SECRET_BYTES
+from livesale.jwks import check_url
 
 
 def _load_secret(data_dir: Path) -> str:
@@ -72,6 +75,27 @@ class Settings:
     ws_per_user: int = 10
     ws_per_ip: int = 500
     redis_timeout_s: float = 2.0
+    # Group-buys: a member still being charged this long after joining (its process died, or the
+    # provider hangs) is settled by the group sweeper from what the provider says; a process settling a
+    # closed group's money holds it this long at most (then another takes over).
+    group_pending_s: float = 30.0
+    group_lease_s: float = 15.0
+    # Identity (docs/auth.md). HS256 tokens signed with `secret` unless `jwt_hs256` is off; RS256/ES256
+    # tokens from an identity provider whose keys are at `jwks_url`, with `iss` == `jwt_issuer` and an
+    # `aud` naming `jwt_audience` required when set; no token lives longer than `jwt_max_lifetime_s`
+    # (`exp - iat`; 0: no bound). The provider's keys are fetched every `jwks_refresh_s`, and for a key
+    # id we do not hold at most once per `jwks_min_refresh_s`.
+    jwt_hs256: bool = True
+    jwks_url: str = ""
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwt_max_lifetime_s: int = 0
+    jwt_role_claim: str = "role"
+    jwks_refresh_s: float = 300.0
+    jwks_min_refresh_s: float = 10.0
+    # aiohttp's access log (logger `aiohttp.access`), with query strings left out: a WebSocket's
+    # `?token=` must never reach a log line.
+    access_log: bool = False
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -98,9 +122,36 @@ class Settings:
             ws_per_user=int(env.get("LIVESALE_WS_PER_USER", "10")),
             ws_per_ip=int(env.get("LIVESALE_WS_PER_IP", "500")),
             redis_timeout_s=float(env.get("LIVESALE_REDIS_TIMEOUT_S", "2")),
+            group_pending_s=float(env.get("LIVESALE_GROUP_PENDING_S", "30")),
+            group_lease_s=float(env.get("LIVESALE_GROUP_LEASE_S", "15")),
+            jwt_hs256=env.get("LIVESALE_JWT_HS256", "1") not in ("0", "false", "off"),
+            jwks_url=env.get("LIVESALE_JWKS_URL", ""),
+            jwt_issuer=env.get("LIVESALE_JWT_ISSUER", ""),
+            jwt_audience=env.get("LIVESALE_JWT_AUDIENCE", ""),
+            jwt_max_lifetime_s=int(env.get("LIVESALE_JWT_MAX_LIFETIME_S", "0")),
+            jwt_role_claim=env.get("LIVESALE_JWT_ROLE_CLAIM", "role"),
+            jwks_refresh_s=float(env.get("LIVESALE_JWKS_REFRESH_S", "300")),
+            jwks_min_refresh_s=float(env.get("LIVESALE_JWKS_MIN_REFRESH_S", "10")),
+            access_log=env.get("LIVESALE_ACCESS_LOG", "0") not in ("0", "false", "off"),
         )
         secret = overrides.pop("secret", None) or env.get("LIVESALE_SECRET") or _load_secret(data_dir)
         return replace(s, secret=secret, **overrides)
+
+    def auth_problems(self) -> list[str]:
+        """What makes these identity settings unsafe or unusable; `livesale serve` refuses to start
+        with any (docs/auth.md)."""
+        problems = []
+        if self.jwt_hs256 and len(self.secret.encode()) < MIN_SECRET_BYTES:
+            problems.append(f"LIVESALE_SECRET is {len(self.secret.encode())} bytes; HS256 needs at least "
+                            f"{MIN_SECRET_BYTES} (`python -c 'import secrets; print(secrets.token_urlsafe(32))'`),"
+                            " or set LIVESALE_JWT_HS256=0 to accept only the identity provider's tokens")
+        if self.jwks_url and (why := check_url(self.jwks_url)):
+            problems.append(why)
+        if not self.jwt_hs256 and not self.jwks_url:
+            problems.append("LIVESALE_JWT_HS256=0 without LIVESALE_JWKS_URL would accept no token at all")
+        if self.jwt_max_lifetime_s < 0:
+            problems.append("LIVESALE_JWT_MAX_LIFETIME_S must be 0 (no bound) or a number of seconds")
+        return problems
 
     @property
     def connection_cap(self) -> int:

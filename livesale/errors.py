@@ -1,5 +1,5 @@
 """The exception tree. Handlers raise these; one middleware turns them into
-`{"error": code, "message": ...}` bodies (STYLE.md #3).
+`{"error": code, "message": ...}` bodies (CONTRIBUTING.md #3).
 
     LivesaleError (500 internal)
     ├── BadRequest (400 bad_request, or a 422 code given)

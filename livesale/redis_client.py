@@ -1,13 +1,17 @@
-"""Redis connection and the one place redis-py errors become ours (STYLE.md #3)."""
+"""Redis connection and the one place redis-py errors become ours (CONTRIBUTING.md #3)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
+from urllib.parse import unquote
 
 import redis.asyncio as aioredis
 from redis import exceptions as rx
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from livesale.errors import Unavailable
 
@@ -23,9 +27,43 @@ def refuses_writes(exc: BaseException) -> bool:
     return isinstance(exc, rx.ResponseError) and str(exc).startswith(_REFUSING)
 
 
+CLUSTER_SCHEME = "redis+cluster://"
+
+
+def wants_cluster(url: str) -> bool:
+    """`REDIS_URL=redis+cluster://host:port,...`, or any URL with LIVESALE_REDIS_CLUSTER=1 (docs/cluster.md)."""
+    return url.startswith(CLUSTER_SCHEME) or os.environ.get("LIVESALE_REDIS_CLUSTER", "") in ("1", "true", "yes")
+
+
+def is_cluster(r: object) -> bool:
+    return isinstance(r, RedisCluster)
+
+
+def cluster_nodes(url: str) -> list[ClusterNode]:
+    """The seed nodes of a `redis+cluster://h1:p1,h2:p2` (or plain `redis://h:p/0`) URL."""
+    rest = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    nodes = []
+    for part in rest.split(","):
+        host, _, port = part.strip().rpartition(":")
+        nodes.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))
+    return nodes
+
+
 def connect(url: str, *, max_connections: int = 100, timeout_s: float = 3.0) -> aioredis.Redis:
     """A client whose commands, and waits for a free connection, give up after `timeout_s` (the app
-    passes LIVESALE_REDIS_TIMEOUT_S: a stalled Redis is a 503, docs/limits.md)."""
+    passes LIVESALE_REDIS_TIMEOUT_S: a stalled Redis is a 503, docs/limits.md). On a cluster URL, redis-py's
+    RedisCluster, typed as a Redis: it serves every command we call on the shared client, routed by
+    key slot with MOVED/ASK followed; the few places that need more (our own pipelining, pub/sub, multi-key
+    reads) ask `is_cluster` (docs/cluster.md)."""
+    if wants_cluster(url):
+        netloc = url.split("://", 1)[1].split("/", 1)[0]
+        user, _, password = netloc.rpartition("@")[0].partition(":")
+        client = RedisCluster(
+            startup_nodes=cluster_nodes(url), decode_responses=False, socket_connect_timeout=min(1.0, timeout_s),
+            socket_timeout=timeout_s, health_check_interval=0, max_connections=max_connections,
+            username=unquote(user) or None, password=unquote(password) or None,
+        )
+        return cast(aioredis.Redis, client)
     # A blocking pool: under a burst, callers queue for a connection instead of failing with
     # "Too many connections" (which would surface as a wrong 503).
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -63,10 +101,19 @@ class LuaScript:
         self.source = (prelude + "\n" + path.read_text()) if prelude else path.read_text()
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
         self.name = path.stem
+        # On a cluster, rooms are sharded pub/sub: a script publishes with SPUBLISH, whose channel must
+        # be in the slot of the script's keys (stream channels are: `stream:S` hashes as `{stream:S}`).
+        self.cluster_source = self.source.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
+        self.cluster_sha = hashlib.sha1(self.cluster_source.encode()).hexdigest()
+
+    def for_client(self, r: object) -> tuple[str, str]:
+        """(sha, source) of the variant this client runs."""
+        return (self.cluster_sha, self.cluster_source) if is_cluster(r) else (self.sha, self.source)
 
     async def __call__(self, r: aioredis.Redis, keys: list[str], args: list[object]) -> object:
+        sha, source = self.for_client(r)
         try:
-            return await r.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            return await r.evalsha(sha, len(keys), *keys, *args)  # type: ignore[misc]
         except rx.NoScriptError:
-            await r.script_load(self.source)  # type: ignore[misc]
-            return await r.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            await r.script_load(source)  # type: ignore[misc]
+            return await r.evalsha(sha, len(keys), *keys, *args)  # type: ignore[misc]

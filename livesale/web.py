@@ -9,11 +9,12 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis.exceptions as rx
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError, PayloadEncodingError
 from aiohttp.web_protocol import RequestHandler
 
@@ -25,6 +26,9 @@ from livesale.limits import ClientFrames, ConnectionGate, release
 from livesale.redis_client import REDIS_DOWN, refuses_writes
 from livesale.services import SERVICES
 from monitoring import metrics as m
+
+if TYPE_CHECKING:
+    from livesale.config import Settings
 
 log = logging.getLogger("livesale.http")
 
@@ -345,6 +349,23 @@ class Runner(web.AppRunner):
             server.header_timeout = settings.header_timeout_s  # type: ignore[attr-defined]
             server.gate = ConnectionGate(settings.connection_cap)  # type: ignore[attr-defined]
         return server
+
+
+class QueryFreeAccessLogger(AbstractAccessLogger):
+    """aiohttp's access line without the query string and the Referer: a WebSocket's `?token=` (or a
+    page address carrying one) never reaches the log (docs/auth.md)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info('%s "%s %s HTTP/%d.%d" %d %d %.6f "%s"', request.remote, request.method,
+                         request.rel_url.raw_path, request.version.major, request.version.minor,
+                         response.status, response.body_length, time, request.headers.get("User-Agent", "-"))
+
+
+def access_log_options(settings: Settings) -> dict[str, Any]:
+    """AppRunner keywords for the access log `settings` ask for (off unless `access_log`)."""
+    if not settings.access_log:
+        return {"access_log": None}
+    return {"access_log": logging.getLogger("aiohttp.access"), "access_log_class": QueryFreeAccessLogger}
 
 
 def quiet_client_errors() -> None:

@@ -1,4 +1,5 @@
-"""Locust scenario for a live show: viewers on the WebSocket, buyers in the flash sale, one host.
+"""Locust scenario for a live show: viewers on the WebSocket, buyers in the flash sale, one host; and
+bidders in an auction's last seconds (BidderUser, `--auction-id`).
 
     LIVESALE_SECRET=... locust -f load/locustfile.py,load/shape.py --host http://127.0.0.1:8080
     LIVESALE_SECRET=... locust -f load/locustfile.py BuyerUser --headless -u 200 -r 50 -t 30s \
@@ -26,6 +27,7 @@ import random
 import struct
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 import gevent
@@ -61,6 +63,10 @@ def _options(parser: Any) -> None:
     g.add_argument("--viewer-wait", type=float, nargs=2, default=[2.0, 8.0], metavar=("MIN", "MAX"),
                    help="seconds between a viewer's likes/comments")
     g.add_argument("--comment-share", type=float, default=0.15, help="share of viewer actions that are comments")
+    g.add_argument("--auction-id", default="", env_var="LIVESALE_AUCTION_ID", help="active auction for BidderUser")
+    g.add_argument("--bid-last-s", type=float, default=3.0, help="BidderUser bids from this long before the end")
+    g.add_argument("--bid-cap", type=int, nargs=2, default=[5_000, 500_000], metavar=("MIN", "MAX"),
+                   help="range of each bidder's own limit (cents)")
 
 
 def _learn(data: dict[str, str]) -> None:
@@ -334,3 +340,72 @@ class ViewerUser(User):
 
 COMMENTS = ["🔥🔥🔥", "how much?", "size 42 please", "is it real leather?", "just bought one!", "love it",
             "ship to EU?", "restock when?", "wow", "what colours?"]
+
+
+def _increment(price: int) -> int:
+    """The auction increment table (docs/auctions.md)."""
+    for below, inc in ((3000, 100), (5000, 200), (10000, 300), (30000, 500), (100000, 1000), (200000, 2000)):
+        if price < below:
+            return inc
+    return 5000
+
+
+class BidderUser(HttpUser):
+    """An auction bidder (`--auction-id`): waits for the last `--bid-last-s` seconds, then bids a few
+    increments over the last price it saw, with a fresh Idempotency-Key each time, up to a limit of
+    its own (`--bid-cap`). Outcomes are request_type "BID" (leading, outbid, bid_too_low,
+    already_leading, auction_not_active). Check the outcome afterwards with `python -m load.auction
+    verify`. Without `--auction-id` it does nothing."""
+
+    wait_time = between(0.05, 0.3)
+
+    def on_start(self) -> None:
+        self.opts = _opts(self)
+        self.user = f"bidder-{uuid.uuid4().hex[:12]}"
+        self.token = mint(self.opts.livesale_secret, self.user, "viewer")
+        self.cap = random.randint(*self.opts.bid_cap)
+        self.seen = 0
+        self.ends_at = 0.0
+        self.done = not self.opts.auction_id
+
+    def _ends_at(self) -> float:
+        r = self.client.get(f"/api/auctions/{self.opts.auction_id}", name="/api/auctions/[id]")
+        view = r.json()
+        if view.get("status") not in ("active", "scheduled"):
+            self.done = True
+        ends = view.get("ends_at")
+        return datetime.fromisoformat(ends.replace("Z", "+00:00")).timestamp() if ends else time.time() + 5
+
+    @task
+    def bid(self) -> None:
+        if self.done:
+            gevent.sleep(5)
+            return
+        if time.time() < self.ends_at - self.opts.bid_last_s or not self.ends_at:
+            self.ends_at = self._ends_at()
+            gevent.sleep(max(0.0, min(1.0, self.ends_at - self.opts.bid_last_s - time.time())))
+            return
+        amount = self.seen + random.randint(1, 8) * _increment(self.seen) if self.seen else random.randint(100, 3000)
+        if amount > self.cap:
+            self.done = True  # this bidder's limit
+            return
+        t0 = time.perf_counter()
+        with self.client.post(f"/api/auctions/{self.opts.auction_id}/bids", json={"max_cents": amount},
+                              headers={"Authorization": f"Bearer {self.token}", "Idempotency-Key": uuid.uuid4().hex},
+                              name="/api/auctions/[id]/bids", catch_response=True) as r:
+            ms = (time.perf_counter() - t0) * 1000
+            body = r.json() if r.status_code in (200, 201, 409) else {}
+            if r.status_code >= 500 or r.status_code == 0 or r.status_code in (400, 401, 403, 422):
+                r.failure(f"{r.status_code} {_error_code(r) if r.status_code else 'connection'}")
+                _fire(self.environment, "BID", _error_code(r), ms, exc=RuntimeError(str(r.status_code)))
+                return
+            r.success()
+        outcome = str(body.get("status") if r.status_code in (200, 201) else body.get("error"))
+        _fire(self.environment, "BID", outcome, ms)
+        if outcome == "auction_not_active":
+            self.done = True
+        elif outcome == "bid_too_low":
+            self.seen = int(body["min_bid_cents"])
+        elif outcome in ("leading", "outbid"):
+            self.seen = int(body["price_cents"])
+            self.ends_at = datetime.fromisoformat(body["ends_at"].replace("Z", "+00:00")).timestamp()

@@ -2,7 +2,7 @@
 lost an order. Exit 0 when every check passes, 1 when one fails (each failure is named), 2 for bad
 usage or an unknown sale.
 
-`load` must not import `commerce` (DESIGN.md: load talks to the server over HTTP/WebSocket and reads
+`load` must not import `commerce` (docs/design.md: load talks to the server over HTTP/WebSocket and reads
 Redis/SQL). The layout read here is commerce's, restated (source of truth: commerce/keys.py,
 commerce/schema.py, commerce/lua/*.lua):
 
@@ -276,8 +276,12 @@ async def check(redis_url: str, database_url: str, sale_id: str, *, wait_s: floa
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="livesale verify", description="Check a sale for oversell and lost orders.")
-    p.add_argument("--sale", required=True, help="sale id (sa...)")
+    p = argparse.ArgumentParser(prog="livesale verify", description="Check a sale for oversell and lost orders, "
+                                "a group-buy's units and money, or an auction's outcome.")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--sale", help="sale id (sa...)")
+    what.add_argument("--groupbuy", help="group-buy id (gb...): units, groups and money (load/groupbuy_verify.py)")
+    what.add_argument("--auction", help="auction id (au...): winner, price by the rules, the one order (load/auction.py)")
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL"), help="default: $REDIS_URL")
     p.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
                    help="SQLAlchemy URL; default: $DATABASE_URL, else the SQLite file in $LIVESALE_DATA")
@@ -296,6 +300,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         from livesale.config import Settings
 
         db_url = Settings.from_env(secret="unused").sql_url  # no secret file created for a read-only check
+    if args.auction:
+        from load import auction
+
+        try:
+            au_report = asyncio.run(auction.check(args.redis_url, db_url, args.auction, wait_s=args.wait))
+        except LookupError as exc:
+            print(f"livesale verify: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps({"ok": au_report.ok, **asdict(au_report)}) if args.json else au_report.text())
+        return 0 if au_report.ok else 1
+    if args.groupbuy:
+        from load import groupbuy_verify
+
+        try:
+            gb_report = asyncio.run(groupbuy_verify.check(args.redis_url, db_url, args.groupbuy, wait_s=args.wait))
+        except LookupError as exc:
+            print(f"livesale verify: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(asdict(gb_report)) if args.json else gb_report.text())
+        return 0 if gb_report.ok else 1
     try:
         report = asyncio.run(check(args.redis_url, db_url, args.sale, wait_s=args.wait))
     except UnknownSale:

@@ -23,7 +23,7 @@ def now_ms() -> float:
 
 
 def decode_frame(data: str | bytes) -> list[dict[str, Any]]:
-    """A text frame is one event object or a JSON array of them (DESIGN.md: batched writes)."""
+    """A text frame is one event object or a JSON array of them (docs/design.md: batched writes)."""
     value = orjson.loads(data)
     if isinstance(value, list):
         return [e for e in value if isinstance(e, dict)]
@@ -39,7 +39,7 @@ def lag_ms(event: dict[str, Any], received_ms: float) -> float | None:
 
 
 def should_reconnect(code: int | None) -> bool:
-    """DESIGN.md close codes: 4000-4499 reconnect with `since`; 4500-4999 never; 1001/1009 too."""
+    """docs/design.md close codes: 4000-4499 reconnect with `since`; 4500-4999 never; 1001/1009 too."""
     if code is None or code == CloseCode.NORMAL:
         return False
     try:

@@ -87,6 +87,15 @@ ORDERS_CANCELLED = Counter("livesale_orders_cancelled_total", "Orders cancelled 
 PAYMENTS = Counter(
     "livesale_payments_total", "Payment attempts by outcome (paid, declined, refunded, not_pending)", ["outcome"]
 )
+GROUP_JOINS = Counter(
+    "livesale_group_joins_total",
+    "Group-buy joins (and group openings) by outcome: joined, retry, declined, or the refusal's code", ["outcome"]
+)
+GROUPS_CLOSED = Counter("livesale_groups_closed_total", "Group-buy groups closed, by status", ["status"])
+GROUP_REFUNDS = Counter(
+    "livesale_group_refunds_total", "Group-buy refunds made: difference, full (failed group), void (never joined)",
+    ["kind"]
+)
 
 # --- order writer (Redis stream -> SQL)
 WRITER_PENDING = Gauge(
@@ -121,6 +130,15 @@ MEDIA_ENCODE = Histogram(
     "livesale_media_encode_seconds", "One frame's encode (one per stream and codec)", ["codec"],
     buckets=LATENCY_BUCKETS,
 )
+# Exported at 0 from the start, so rate() sees the first frame and the dashboard's queries resolve.
+for _kind in ("whip", "whep"):
+    MEDIA_SESSIONS.labels(_kind)
+for _stage in ("received", "encoded", "sent"):
+    MEDIA_FRAMES.labels(_stage)
+for _reason in ("encoder_busy", "viewer_behind"):
+    MEDIA_DROPPED.labels(_reason)
+for _codec in ("H264", "VP8"):
+    MEDIA_ENCODE.labels(_codec)
 
 # --- dependencies
 # --- limits under hostile load (docs/limits.md)

@@ -1,6 +1,6 @@
 """The WebSocket hub: per-stream rooms, Redis fan-out, conflation, slow-consumer handling.
 
-realtime never imports live or commerce (DESIGN.md "Imports point one way"): what a snapshot says
+realtime never imports live or commerce (docs/design.md "Packages and who owns what"): what a snapshot says
 about the stream and its sales comes from the `snapshot_source` the app passes in.
 """
 

@@ -42,19 +42,29 @@ class Tally:
     """One room's counted viewers and what they did since the last report.
 
     Watch time accrues per distinct identity connected (two tabs of one user watch once), as
-    distinct-identities x elapsed time, updated at every join, leave and report: O(1) per event."""
+    distinct-identities x elapsed time, updated at every join, leave and report: O(1) per event. It
+    accrues only while the stream is live (`set_live`): time in a scheduled stream's waiting room or
+    on an ended stream's page is not watching the show."""
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float, live: bool = True) -> None:
         self.refs: dict[str, int] = {}  # identity -> its counted sockets open here
         self.open = 0
+        self.live = live
         self._since = now
         self._watch_s = 0.0
         self._pending = Report(0)
 
     def _accrue(self, now: float) -> None:
-        if now > self._since:
+        if now > self._since and self.live:
             self._watch_s += len(self.refs) * (now - self._since)
         self._since = max(self._since, now)
+
+    def set_live(self, live: bool, now: float) -> None:
+        """The stream went live or stopped being live (from its `stream` event, or the status each
+        report reads back)."""
+        if live != self.live:
+            self._accrue(now)
+            self.live = live
 
     def join(self, ident: str, now: float) -> None:
         self._accrue(now)

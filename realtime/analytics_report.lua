@@ -2,10 +2,10 @@
 -- analytics"), in one atomic step: its open viewer sockets (proc_total.lua), the peak of the total
 -- over all processes, the minute's viewers_max, and the increments counted since its last tick.
 -- KEYS[1] figures hash, KEYS[2] hash proc -> "count:expires_ms", KEYS[3] HyperLogLog of identities,
--- KEYS[4] per-minute hash ("<minute>:v|c|l").
+-- KEYS[4] per-minute hash ("<minute>:v|c|l"), KEYS[5] the stream's meta hash (for its status).
 -- ARGV[1] proc, ARGV[2] open sockets, ARGV[3] expires_ms, ARGV[4] now ms, ARGV[5] views,
 -- ARGV[6] watch ms, ARGV[7] n, then n triples (minute, comments, likes), then identities.
--- Returns the total of open viewer sockets.
+-- Returns {total of open viewer sockets, the stream's status}.
 local now = tonumber(ARGV[4])
 local total = proc_total(KEYS[2], ARGV[1], ARGV[2], ARGV[3], now)
 if total > tonumber(redis.call('HGET', KEYS[1], 'peak') or '0') then
@@ -32,4 +32,4 @@ local first = 8 + n * 3
 for i = first, #ARGV, 1000 do
   redis.call('PFADD', KEYS[3], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
-return total
+return {total, redis.call('HGET', KEYS[5], 'status') or ''}

@@ -1,5 +1,5 @@
 """Conflation without I/O: state events keep only their latest value and leave at most once per
-interval per key; likes are summed locally until the next flush (DESIGN.md "Fan-out rules")."""
+interval per key; likes are summed locally until the next flush (docs/design.md "Fan-out rules")."""
 
 from __future__ import annotations
 

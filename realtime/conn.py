@@ -1,5 +1,5 @@
 """One viewer connection's outbound side: a buffer bounded in bytes and a writer that never makes
-a broadcast wait (STYLE.md #5, DESIGN.md "Fan-out rules").
+a broadcast wait (CONTRIBUTING.md #5, docs/design.md "Fan-out rules").
 
 A room hands every connection the same `Batch` (one frame, encoded once). A connection that keeps
 up gets the frame written straight to its transport, the way `websockets.broadcast()` does; one

@@ -1,4 +1,4 @@
-"""`GET /ws/streams/{id}?token=&since=`: the viewer socket (DESIGN.md "WebSocket").
+"""`GET /ws/streams/{id}?token=&since=`: the viewer socket (docs/design.md "WebSocket").
 
 The socket is always accepted first; bad tokens and unknown streams are then closed with 4501 and
 4504, because browsers cannot read the status of a refused handshake.
@@ -51,7 +51,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB]
     svc, cfg = hub.svc, hub.cfg
     stream_id = request.match_info["id"]
-    # aiohttp closes with 1009 a frame of max_msg_size bytes or more; DESIGN.md closes only frames over
+    # aiohttp closes with 1009 a frame of max_msg_size bytes or more; docs/design.md closes only frames over
     # 4096 bytes (tests/test_realtime_contract.py holds both edges, should aiohttp's bound change).
     ws = web.WebSocketResponse(heartbeat=cfg.heartbeat_s, max_msg_size=protocol.MAX_FRAME_BYTES + 1,
                                compress=False, decode_text=False, timeout=CLOSE_HANDSHAKE_S)
@@ -78,10 +78,10 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     try:
         try:
             # Before joining: a room for a made-up id would SUBSCRIBE and report viewers to Redis.
-            host = await svc.redis.hget(meta_key(stream_id), "host")  # type: ignore[misc]
+            host, status = await svc.redis.hmget(meta_key(stream_id), "host", "status")  # type: ignore[misc]
             if host is None:
                 return await _reject(ws, CloseCode.NO_SUCH_STREAM, "no such stream")
-            await hub.join(conn, counted=user is None or user.id != host.decode())
+            await hub.join(conn, counted=user is None or user.id != host.decode(), live=status == b"live")
             async with hub.connecting:  # a reconnect storm must not take every Redis connection at once
                 found = await _first_frames(hub, conn, _since(request.query.get("since")))
         except (*REDIS_DOWN, TimeoutError):

@@ -1,5 +1,5 @@
 """The per-process hub: rooms of local viewers, one Redis pub/sub subscription per process, and the
-per-tick flushes (DESIGN.md "Fan-out rules").
+per-tick flushes (docs/design.md "Fan-out rules").
 
 A process subscribes to `stream:{id}` when the stream gets its first local viewer and lets go of
 it a grace period after the last one left. Every message on a channel is a complete JSON event:
@@ -25,7 +25,7 @@ from redis.asyncio.client import PubSub
 
 from livesale.bus import STATE_TYPES, channel, now_ms
 from livesale.codes import CloseCode
-from livesale.redis_client import REDIS_DOWN, refuses_writes
+from livesale.redis_client import REDIS_DOWN, is_cluster, refuses_writes
 from livesale.services import Services
 from livesale.tasks import pause, raise_if_cancelling
 from monitoring import metrics as m
@@ -57,7 +57,7 @@ def _env_float(name: str, default: float) -> float:
 
 @dataclass
 class HubConfig:
-    """Tunables; the defaults are DESIGN.md's. `from_env` reads LIVESALE_WS_* overrides."""
+    """Tunables; the defaults are docs/design.md's. `from_env` reads LIVESALE_WS_* overrides."""
 
     # Stream-log events wait at most this long to share a frame; the first after a quiet spell goes at
     # once. 15 ms: at 50 events/s nearly every event leaves at once, at 200/s about 3 share a frame.
@@ -129,6 +129,8 @@ class Room:
                 self.state.offer(_state_key(kind, event), data, interval)
             self._schedule(0.0)
         else:
+            if kind == "stream":  # watch time counts while the stream is live
+                self.tally.set_live(event.get("status") == "live", time.monotonic())
             seq = event.get("seq")
             self.log.append(Item(kind, None, data, seq if isinstance(seq, int) else None))
             # Leading edge goes out at once; events arriving within flush_s of a flush share the next frame.
@@ -188,13 +190,17 @@ class Hub:
         self._pubsub: PubSub | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pubsub_lock = asyncio.Lock()
+        # On Redis Cluster, rooms are sharded pub/sub (SSUBSCRIBE on the master of the stream's slot):
+        # a classic PUBLISH there is copied to every node of the cluster (docs/cluster.md).
+        self._sharded = is_cluster(svc.redis)
         self._stopped = False
         self.connecting = asyncio.Semaphore(cfg.connect_concurrency)
 
     async def start(self) -> None:
         self._pubsub = self.svc.redis.pubsub()
-        # A private channel gives the pub/sub connection a subscription before any viewer arrives.
-        await self._pubsub.subscribe(f"realtime:proc:{self.proc}")
+        if not self._sharded:
+            # A private channel gives the pub/sub connection a subscription before any viewer arrives.
+            await self._pubsub.subscribe(f"realtime:proc:{self.proc}")
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._read()), loop.create_task(self._likes_loop()),
                        loop.create_task(self._viewers_loop())]
@@ -227,16 +233,18 @@ class Hub:
                 await self._pubsub.aclose()
 
     # --- rooms
-    async def join(self, conn: Conn, *, counted: bool = True) -> Room:
+    async def join(self, conn: Conn, *, counted: bool = True, live: bool = True) -> Room:
         """Add a viewer socket to its stream's room; `counted` False for the host's own sockets,
-        which never count in the stream's figures (docs/api.md "Stream analytics")."""
+        which never count in the stream's figures (docs/api.md "Stream analytics"); `live`, whether
+        the stream is live, starts a new room's watch-time clock (the room's ticks keep it current)."""
         room = self.rooms.get(conn.stream_id)
         if room is None:
             room = self.rooms[conn.stream_id] = Room(self, conn.stream_id)
+            room.tally.live = live
             assert self._pubsub is not None
             try:
                 async with self._pubsub_lock:
-                    await self._pubsub.subscribe(channel(conn.stream_id))
+                    await self._subscribe(channel(conn.stream_id))
             except BaseException:
                 del self.rooms[conn.stream_id]
                 raise
@@ -272,11 +280,12 @@ class Hub:
     async def _report_analytics(self, room: Room) -> None:
         report = room.tally.take(time.monotonic())
         try:
-            await state.report_analytics(self.svc.redis, room.stream_id, self.proc, report,
-                                         int(self.cfg.viewers_ttl_s * 1000))
+            _, status = await state.report_analytics(self.svc.redis, room.stream_id, self.proc, report,
+                                                     int(self.cfg.viewers_ttl_s * 1000))
         except BaseException:
             room.tally.restore(report)
             raise
+        room.tally.set_live(status == "live", time.monotonic())
 
     async def _drop_idle_rooms(self) -> None:
         now = time.monotonic()
@@ -291,7 +300,10 @@ class Hub:
                 if self.rooms.get(sid) is not room or room.conns or room.drop_at is None:
                     continue
                 del self.rooms[sid]
-                await self._pubsub.unsubscribe(channel(sid))
+                if self._sharded:
+                    await self._pubsub.sunsubscribe(channel(sid))  # type: ignore[attr-defined]
+                else:
+                    await self._pubsub.unsubscribe(channel(sid))
             try:
                 await state.report_viewers(self.svc.redis, sid, self.proc, 0, 0)
                 await self._report_analytics(room)  # its last figures, and no open sockets
@@ -301,6 +313,35 @@ class Hub:
                 raise_unless_refused(exc)
                 if m.ENABLED:
                     m.REDIS_ERRORS.labels("ws_viewers").inc()
+
+    async def _subscribe(self, ch: str) -> None:
+        assert self._pubsub is not None
+        if self._sharded:
+            await self._pubsub.ssubscribe(ch)  # type: ignore[attr-defined]
+        else:
+            await self._pubsub.subscribe(ch)
+
+    async def _next_message(self) -> dict[str, Any] | None:
+        assert self._pubsub is not None
+        if not self._sharded:
+            return await self._pubsub.get_message(timeout=1.0)
+        if not self.rooms:  # no shard subscription yet: nothing to read from
+            await pause(0.05)
+            return None
+        return await self._pubsub.get_sharded_message(timeout=1.0)  # type: ignore[attr-defined,no-any-return]
+
+    async def _resubscribe(self, ch: str) -> None:
+        for attempt in range(50):
+            try:
+                async with self._pubsub_lock:
+                    sid = ch[7:]
+                    if sid in self.rooms:
+                        await self._subscribe(ch)
+                return
+            except (*REDIS_DOWN, rx.ResponseError) as exc:  # the slot map not settled yet: MOVED, TRYAGAIN
+                raise_if_cancelling()
+                log.warning("resubscribing %s after its slot moved failed (%r); retrying", ch, exc)
+                await pause(min(0.05 * (attempt + 1), 1.0))
 
     def close_conn(self, conn: Conn, code: CloseCode) -> None:
         """Conn.on_close: count it, stop delivering to it, send the close frame in the background."""
@@ -322,7 +363,7 @@ class Hub:
             # (the task left 'cancelling' inside get_message(timeout=None), the app's shutdown hung).
             raise_if_cancelling()
             try:
-                msg = await self._pubsub.get_message(timeout=1.0)
+                msg = await self._next_message()
             except REDIS_DOWN as exc:
                 raise_if_cancelling()
                 log.warning("pub/sub read failed (%s); retrying", exc.__class__.__name__)
@@ -337,10 +378,15 @@ class Hub:
             room = self.rooms.get(sid) if sid is not None else None
             if room is None:
                 continue
-            if msg["type"] == "message":
+            if msg["type"] in ("message", "smessage"):
                 room.on_message(msg["data"])
-            elif msg["type"] == "subscribe" and not room.subscribed.done():
+            elif msg["type"] in ("subscribe", "ssubscribe") and not room.subscribed.done():
                 room.subscribed.set_result(None)
+            elif msg["type"] == "sunsubscribe":
+                # A room we keep is never unsubscribed by us (a dropped room leaves `rooms` first): the
+                # stream's slot moved to another master, which unsubscribes its shard channel. Subscribe
+                # again; the client routes it to the slot's new owner (docs/cluster.md).
+                await self._resubscribe(ch.decode())
 
     async def _likes_loop(self) -> None:
         while True:

@@ -1,4 +1,4 @@
-"""Redis keys of the hub, hash-tagged per stream `{stream:ID}` (STYLE.md #8).
+"""Redis keys of the hub, hash-tagged per stream `{stream:ID}` (CONTRIBUTING.md #8).
 Channel, seq and log keys are in livesale/bus.py (the contract with commerce and live)."""
 
 

@@ -1,4 +1,4 @@
-"""Rate limits without I/O: clocks are passed in, so tests drive time (STYLE.md #1)."""
+"""Rate limits without I/O: clocks are passed in, so tests drive time (CONTRIBUTING.md #1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The viewer wire protocol without I/O (STYLE.md #1, DESIGN.md "WebSocket").
+"""The viewer wire protocol without I/O (CONTRIBUTING.md #1, docs/design.md "WebSocket").
 
 `parse(frame)` turns one client frame into a command or a `ProtocolError` (never raises);
 `encode_*` turn events into the bytes every viewer receives; `text_frame` wraps a payload in an
@@ -45,7 +45,7 @@ class ProtocolError:
 Command = Comment | Like | Ping
 PING = Ping()
 
-# Errors that mean the frame itself was bad: only these count toward the 4029 flood close (DESIGN.md
+# Errors that mean the frame itself was bad: only these count toward the 4029 flood close (docs/design.md
 # "more than 20 invalid frames in 10 s"). A well-formed frame refused for who sent it or when
 # (`unauthenticated`, `muted`, `rate_limited`, `unavailable`) is not a flood: an anonymous viewer
 # tapping like must not be closed, reconnect, and tap again.

@@ -1,5 +1,5 @@
 """What a viewer gets first: a `snapshot`, or for `since=<seq>` the missed stream-log events and
-then the current state values (DESIGN.md "WebSocket", Resume)."""
+then the current state values (docs/design.md "WebSocket", Resume)."""
 
 from __future__ import annotations
 

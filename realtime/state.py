@@ -8,7 +8,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from livesale.bus import channel, now_ms
+from livesale.bus import channel, meta_key, now_ms
 from livesale.redis_client import LuaScript
 from realtime import keys
 from realtime.analytics import Report
@@ -50,18 +50,21 @@ async def report_viewers(redis: aioredis.Redis, stream_id: str, proc: str, count
 
 def _analytics_keys(stream_id: str) -> list[str]:
     return [keys.analytics(stream_id), keys.analytics_procs(stream_id), keys.analytics_uniques(stream_id),
-            keys.analytics_minutes(stream_id)]
+            keys.analytics_minutes(stream_id), meta_key(stream_id)]
 
 
-async def report_analytics(redis: aioredis.Redis, stream_id: str, proc: str, report: Report, ttl_ms: int) -> int:
-    """Add one tick's audience figures of this process (analytics_report.lua); returns viewers now."""
+async def report_analytics(redis: aioredis.Redis, stream_id: str, proc: str, report: Report,
+                           ttl_ms: int) -> tuple[int, str]:
+    """Add one tick's audience figures of this process (analytics_report.lua); returns (viewers now,
+    the stream's status)."""
     now = now_ms()
     minutes = sorted(set(report.comments) | set(report.likes))
     args: list[object] = [proc, report.open, now + ttl_ms, now, report.views, report.watch_ms, len(minutes)]
     for m in minutes:
         args += (m, report.comments.get(m, 0), report.likes.get(m, 0))
     args += sorted(report.identities)
-    return int(await _ANALYTICS(redis, _analytics_keys(stream_id), args))  # type: ignore[call-overload]
+    reply: Any = await _ANALYTICS(redis, _analytics_keys(stream_id), args)
+    return int(reply[0]), reply[1].decode()
 
 
 async def audience(redis: aioredis.Redis, stream_id: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import pytest
 import redis as syncredis
 
 from livesale.config import Settings
-from livesale.embedded_redis import EmbeddedRedis
+from livesale.embedded_redis import EmbeddedCluster, EmbeddedRedis
 from tests.helpers import Api, LiveServer, start_app_server
 
 # CPython 3.11.0-3.11.7 keeps ast.parse's recursion-depth count in one global (python/cpython#106905,
@@ -37,6 +37,21 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
+    """A real 3-master Redis Cluster from the launcher's binary (docs/cluster.md), for the session."""
+    cluster = EmbeddedCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: EmbeddedCluster) -> str:
+    """The cluster's `redis+cluster://` URL, every master flushed (and every slot back home) first."""
+    redis_cluster.reset()
+    return redis_cluster.url
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from live.app import create_app, make_site
+from live.pages import enable_dev_tokens
 from livesale.auth import mint
 from livesale.config import Settings
 from livesale.embedded_redis import free_port
@@ -67,10 +68,25 @@ async def start_app_server(settings: Settings) -> AsyncIterator[LiveServer]:
         yield LiveServer(settings, port, app=runner.app)
 
 
+@contextlib.asynccontextmanager
+async def start_demo_server(settings: Settings, port: int | None = None) -> AsyncIterator[LiveServer]:
+    """The real app on loopback with the demo's POST /dev/token on, as `livesale demo` runs it."""
+    app = create_app(settings)
+    enable_dev_tokens(app)
+    runner = Runner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        port = port or free_port()
+        await make_site(runner, settings, port=port).start()
+        yield LiveServer(settings, port, app=app)
+    finally:
+        await runner.cleanup()
+
+
 def spawn_server(settings: Settings, *, workers: int = 1, extra_env: dict[str, str] | None = None,
-                 nofile: int | None = None) -> LiveServer:
-    """A separate `livesale serve` process on the given settings' Redis and SQL (with its soft
-    RLIMIT_NOFILE lowered to `nofile` when given)."""
+                 nofile: int | None = None, command: str = "serve") -> LiveServer:
+    """A separate `livesale serve` (or `demo`) process on the given settings' Redis and SQL (with its
+    soft RLIMIT_NOFILE lowered to `nofile` when given)."""
     port = free_port()
     env = dict(os.environ)
     env.update(
@@ -85,7 +101,7 @@ def spawn_server(settings: Settings, *, workers: int = 1, extra_env: dict[str, s
     log_path = settings.data_dir / f"server-{port}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "live.cli", "serve", "--port", str(port), "--workers", str(workers)],
+            [sys.executable, "-m", "live.cli", command, "--port", str(port), "--workers", str(workers)],
             env=env, stdout=log, stderr=subprocess.STDOUT,
             preexec_fn=None if nofile is None else functools.partial(_lower_nofile, nofile),  # noqa: PLW1509
         )

@@ -71,6 +71,7 @@ class Peer:
     location: str = ""
     frames: list[av.VideoFrame] = field(default_factory=list)
     matching: int = 0
+    audio_frames: int = 0
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -118,6 +119,8 @@ async def viewer(http: aiohttp.ClientSession, base: str, stream_id: str,
     def on_track(track: object) -> None:
         if getattr(track, "kind", "") == "video":
             peer.tasks.append(asyncio.create_task(_watch(peer, track)))
+        else:
+            peer.tasks.append(asyncio.create_task(_listen(peer, track)))
 
     await gather_on(pc, LOOPBACK)
     await pc.setLocalDescription(await pc.createOffer())
@@ -126,6 +129,13 @@ async def viewer(http: aiohttp.ClientSession, base: str, stream_id: str,
         peer.location = resp.headers["Location"]
         await pc.setRemoteDescription(RTCSessionDescription(await resp.text(), "answer"))
     return peer, resp
+
+
+async def _listen(peer: Peer, track: object) -> None:
+    with contextlib.suppress(MediaStreamError):
+        while True:
+            await track.recv()  # type: ignore[attr-defined]
+            peer.audio_frames += 1
 
 
 async def _watch(peer: Peer, track: object) -> None:

@@ -22,16 +22,17 @@ async def _start_demo_once(settings: Settings) -> None:
 
 async def test_demo_restart_reuses_its_stream_and_sale(settings: Settings) -> None:
     """Restarting `livesale demo` on the same Redis and database keeps one live demo stream with one
-    running sale (the ones it prints again), instead of seeding another stream and sale each time."""
+    running sale and one group-buy (the ones it prints again), instead of seeding more each time."""
     await _start_demo_once(settings)
     await _start_demo_once(settings)
     engine = make_engine(settings.sql_url)
     async with engine.connect() as conn:
         streams = (await conn.execute(sa.text("SELECT id, status FROM streams WHERE host = 'demo-host'"))).all()
         sales = (await conn.execute(sa.text("SELECT id FROM sales"))).all()
+        groupbuys = (await conn.execute(sa.text("SELECT id FROM groupbuys"))).all()
     await engine.dispose()
     assert len(streams) == 1 and streams[0].status == "live", streams
-    assert len(sales) == 1, sales
+    assert len(sales) == 1 and len(groupbuys) == 1, (sales, groupbuys)
     async with start_app_server(settings) as srv, Api(srv) as api:
         st, view = await api.call("GET", f"/api/streams/{streams[0].id}")
         assert st == 200 and view["status"] == "live" and view["pinned"]["sku"] == "DEMO-TEE"

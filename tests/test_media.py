@@ -72,7 +72,19 @@ async def test_obs_style_publisher_reaches_two_viewers_with_its_picture(msrv: Li
     assert r1.headers["Location"].startswith(f"/whep/{sid}/")
     try:
         await wait_for(lambda: v1.matching >= 10 and v2.matching >= 10, 30)
+        await wait_for(lambda: v1.audio_frames >= 10 and v2.audio_frames >= 10, 10)  # the publisher's audio too
         assert counts(msrv) == {"publishers": 1, "viewers": 2, "peer_connections": 3}
+        async with mapi.session.get(msrv.url + "/metrics") as r:
+            scrape = await r.text()
+        series = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in scrape.splitlines()
+                  if line.startswith("livesale_media")}
+        assert series["livesale_media_publishers"] == 1 and series["livesale_media_viewers"] == 2
+        encoded = series['livesale_media_frames_total{stage="encoded"}']
+        assert series['livesale_media_frames_total{stage="received"}'] >= encoded >= 10
+        assert series['livesale_media_frames_total{stage="sent"}'] >= 20  # one per viewer per frame
+        # One H.264 encode per frame for both viewers (aiortc offers VP8 first; we prefer H.264).
+        assert series['livesale_media_encode_seconds_count{codec="H264"}'] == encoded
+        assert series['livesale_media_encode_seconds_count{codec="VP8"}'] == 0
     finally:
         await close_all(pub, v1, v2)
 

@@ -51,6 +51,7 @@ def test_prefer_moves_the_codec_first_and_answer_codec_reads_it() -> None:
     offer = video_offer("VP8", "H264", "VP9", direction="recvonly")
     moved = sdp.prefer(offer, "H264")
     assert "m=video 9 UDP/TLS/RTP/SAVPF 97 96 98\r\n" in moved
+    assert moved.index("a=rtpmap:97 H264") < moved.index("a=rtpmap:96 VP8") < moved.index("a=rtpmap:98 VP9")
     assert sdp.answer_codec(moved) == "H264"
     assert sdp.answer_codec(offer) == "VP8"
 
@@ -80,3 +81,12 @@ def test_one_encoder_makes_packets_viewer_tracks_start_at_keyframes_and_drop_whe
     assert late.dropped == 4 and late.sent == 4
     vp8 = VideoEncoder("VP8", MediaConfig(gop=5))
     assert vp8.encode(pattern_frame(0, fractions.Fraction(1, 30)), 0, False)[0].is_keyframe
+
+
+def test_addresses_setting_is_checked_at_start() -> None:
+    """LIVESALE_MEDIA_ADDRESSES must name addresses this machine can bind (else offers get no candidate)."""
+    from live.media.ice import check_supported
+
+    check_supported(("127.0.0.1",))
+    with pytest.raises(ValueError, match="198.51.100.7"):
+        check_supported(("127.0.0.1", "198.51.100.7"))

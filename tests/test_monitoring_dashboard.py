@@ -56,15 +56,15 @@ def test_dashboard_has_the_grafana_schema_fields() -> None:
 
 
 def test_dashboard_covers_what_an_operator_watches() -> None:
-    """Viewers, fan-out rate and lag, purchase outcomes, stock per sale, order-writer lag and error rates
-    each have a panel."""
+    """Viewers, fan-out rate and lag, purchase outcomes, stock per sale, order-writer lag, error rates and
+    media sessions and dropped frames each have a panel."""
     used = set().union(*(promql_metric_names(e) for e in _exprs(_load())))
     for name in ("livesale_ws_connections", "livesale_ws_events_sent_total", "livesale_ws_events_dropped_total",
                  "livesale_ws_publish_lag_seconds_bucket", "livesale_ws_slow_consumer_closes_total",
                  "livesale_reserve_total", "livesale_reserve_duration_seconds_bucket", "livesale_payments_total",
                  "livesale_sale_units", "livesale_sale_invariant_violation_units", "livesale_order_writer_pending",
                  "livesale_sql_write_duration_seconds_bucket", "livesale_http_requests_total",
-                 "livesale_redis_errors_total"):
+                 "livesale_redis_errors_total", "livesale_media_viewers", "livesale_media_frames_dropped_total"):
         assert name in used, name
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import datetime
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -130,27 +133,31 @@ async def test_reserve_survives_a_flushed_script_cache(api: Api, redis_url: str)
     assert (sale["available"], sale["held"], sale["sold"]) == (4, 0, 1)
 
 
+async def _settled(api: Api, sale_id: str) -> dict[str, Any] | None:
+    sale = await _sale(api, sale_id)
+    return sale if sale["held"] == 0 else None
+
+
 async def test_expiry_racing_payment_never_double_counts(api: Api) -> None:
     """Pay attempts racing the expiry of the same holds: every order ends paid or expired, never both,
     and the invariant holds."""
-    s = await api.setup_sale(stock=40, per_user_limit=1, hold_s=1)
+    s = await api.setup_sale(stock=40, per_user_limit=1, hold_s=2)
     orders = []
     for i in range(40):
         st, o = await api.reserve(s["sale_id"], f"r{i}", "k")
         assert st == 201
-        orders.append((f"r{i}", o["id"]))
-    await asyncio.sleep(0.9)
+        orders.append((f"r{i}", o["id"], datetime.fromisoformat(o["expires_at"]).timestamp()))
 
-    async def pay(user: str, oid: str) -> int:
+    async def pay(i: int, user: str, oid: str, expires: float) -> int:
+        # Spread across the hold's expiry: from 1.5 s before it to 0.5 s after, so both outcomes happen.
+        await asyncio.sleep(max(0.0, expires - 1.5 + i * 0.05 - time.time()))
         st, _ = await api.call("POST", f"/api/orders/{oid}/pay", token=api.server.token(user),
                                json={"payment_method": "pm_card_visa"})
         return st
 
-    results = await asyncio.gather(*(pay(u, o) for u, o in orders))
-    assert set(results) <= {200, 409}
-    await asyncio.sleep(1.2)
-    sale = await _sale(api, s["sale_id"])
-    assert sale["held"] == 0
+    results = await asyncio.gather(*(pay(i, *o) for i, o in enumerate(orders)))
+    assert set(results) == {200, 409}, results  # some paid in time, some found their hold expired
+    sale = await wait_for(lambda: _settled(api, s["sale_id"]), timeout=10)  # every lapsed hold returned
     assert sale["sold"] == results.count(200)
     assert sale["available"] == 40 - results.count(200)
 

@@ -1,4 +1,4 @@
-"""The wire protocol, rate limiters and coalescers without sockets (STYLE.md #1, #9)."""
+"""The wire protocol, rate limiters and coalescers without sockets (CONTRIBUTING.md #1, #9)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ BAD_FRAMES = [
 
 @pytest.mark.parametrize(("frame", "code"), BAD_FRAMES)
 def test_bad_frames_get_their_documented_code(frame: bytes, code: ErrorCode) -> None:
-    """Each malformed client frame is answered with the error code DESIGN.md gives it."""
+    """Each malformed client frame is answered with the error code docs/design.md gives it."""
     result = protocol.parse(frame)
     assert isinstance(result, ProtocolError) and result.code == code
 

@@ -1,4 +1,4 @@
-"""Review of the viewer WebSocket against DESIGN.md "WebSocket" and "Fan-out rules": real server on
+"""Review of the viewer WebSocket against docs/design.md "WebSocket" and "Fan-out rules": real server on
 loopback, real `websockets` clients, real Redis."""
 
 from __future__ import annotations

@@ -33,10 +33,16 @@ async def test_rejoin_while_room_is_being_dropped_still_receives_events(api: Api
     real = rstate.report_viewers
     dropping = asyncio.Event()
 
+    dropped = asyncio.Event()
+
     async def slow_report(redis, stream_id, proc, count, ttl_ms):  # type: ignore[no-untyped-def]
         if ttl_ms == 0 and stream_id == sid:  # the drop path; widen its one Redis round trip
             dropping.set()
             await asyncio.sleep(0.3)
+            try:
+                return await real(redis, stream_id, proc, count, ttl_ms)
+            finally:
+                dropped.set()
         return await real(redis, stream_id, proc, count, ttl_ms)
 
     monkeypatch.setattr(rstate, "report_viewers", slow_report)
@@ -45,7 +51,7 @@ async def test_rejoin_while_room_is_being_dropped_still_receives_events(api: Api
     await asyncio.wait_for(dropping.wait(), 5)
     async with viewer(api.server, sid, "bob") as (ws, first):
         assert first[0]["type"] == "snapshot"
-        await asyncio.sleep(0.5)  # the drop's UNSUBSCRIBE would have gone out by now
+        await asyncio.wait_for(dropped.wait(), 5)  # the drop has finished, its UNSUBSCRIBE long out
         await send(ws, {"type": "comment", "text": "anyone there?"})
         got = await collect(ws, lambda ev: bool(of_type(ev, "comment")), wait=3)
         assert of_type(got, "comment")[0]["text"] == "anyone there?"
@@ -61,10 +67,16 @@ async def test_join_during_the_drops_unsubscribe_still_receives_events(api: Api,
     real = hub._pubsub.unsubscribe
     dropping = asyncio.Event()
 
+    unsubscribed = asyncio.Event()
+
     async def slow_unsubscribe(*channels):  # type: ignore[no-untyped-def]
         if f"stream:{sid}" in channels:
             dropping.set()
             await asyncio.sleep(0.3)
+            try:
+                return await real(*channels)
+            finally:
+                unsubscribed.set()
         return await real(*channels)
 
     monkeypatch.setattr(hub._pubsub, "unsubscribe", slow_unsubscribe)
@@ -73,7 +85,7 @@ async def test_join_during_the_drops_unsubscribe_still_receives_events(api: Api,
     await asyncio.wait_for(dropping.wait(), 5)
     async with viewer(api.server, sid, "bob") as (ws, first):
         assert first[0]["type"] == "snapshot"
-        await asyncio.sleep(0.5)
+        await asyncio.wait_for(unsubscribed.wait(), 5)  # the drop's UNSUBSCRIBE has gone out
         await send(ws, {"type": "comment", "text": "anyone there?"})
         got = await collect(ws, lambda ev: bool(of_type(ev, "comment")), wait=3)
         assert of_type(got, "comment")[0]["text"] == "anyone there?"
@@ -104,7 +116,8 @@ async def test_ping_flood_from_a_non_reading_client_is_bounded(api: Api) -> None
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall((f"GET /ws/streams/{sid} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-    await asyncio.sleep(0.5)  # handshake + snapshot sit unread in our tiny receive buffer
+    # Handshake and snapshot sit unread in our tiny receive buffer; the socket has joined its room.
+    await wait_for(lambda: sid in hub.rooms and len(hub.rooms[sid].conns) == 1)
     (conn,) = hub.rooms[sid].conns
     payload = b'{"type":"ping"}'
     frame = struct.pack("!BB", 0x81, 0x80 | len(payload)) + b"\0\0\0\0" + payload  # zero mask
@@ -118,10 +131,9 @@ async def test_ping_flood_from_a_non_reading_client_is_bounded(api: Api) -> None
                 for _ in range(25):  # up to 500k pings, ~10 MB up
                     await loop.sock_sendall(sock, chunk)
                     peak = max(peak, conn.transport.get_write_buffer_size())
-        await asyncio.sleep(0.5)
+        await wait_for(lambda: conn.closed)  # the 4008 path, as for a viewer that does not read broadcasts
         peak = max(peak, conn.transport.get_write_buffer_size())
         assert peak <= hub.cfg.outbound_bytes + 64 * 1024, peak
-        assert conn.closed  # the 4008 path, as for a viewer that does not read broadcasts
     finally:
         sock.close()
 
@@ -158,13 +170,25 @@ async def test_send_now_stops_at_the_bound_and_closes_a_peer_that_stays_over_it(
 
 
 
-async def test_unknown_stream_leaves_no_redis_keys(api: Api) -> None:
-    """An anonymous socket to a made-up stream id is closed 4504 and leaves no Redis state behind."""
+async def test_unknown_stream_leaves_no_redis_keys(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An anonymous socket to a made-up stream id is closed 4504 and leaves no Redis state behind, also
+    after two viewers ticks (seen reporting a real stream's room)."""
+    reports: list[str] = []
+    real = rstate.report_viewers
+
+    async def counted(redis, stream_id, proc, count, ttl_ms):  # type: ignore[no-untyped-def]
+        reports.append(stream_id)
+        return await real(redis, stream_id, proc, count, ttl_ms)
+
+    monkeypatch.setattr(rstate, "report_viewers", counted)
+    s = await api.setup_sale()
     sid = "nope" + os.urandom(6).hex()
-    async with websockets.connect(ws_url(api.server, sid)) as ws:
-        assert await closed_code(ws) == CloseCode.NO_SUCH_STREAM
-    assert sid not in api.server.app[HUB].rooms  # type: ignore[index]  # never joined: no SUBSCRIBE
-    await asyncio.sleep(2.5)  # a viewers tick or two
+    async with viewer(api.server, s["stream_id"]):
+        async with websockets.connect(ws_url(api.server, sid)) as ws:
+            assert await closed_code(ws) == CloseCode.NO_SUCH_STREAM
+        assert sid not in api.server.app[HUB].rooms  # type: ignore[index]  # never joined: no SUBSCRIBE
+        ticks = reports.count(s["stream_id"])
+        await wait_for(lambda: reports.count(s["stream_id"]) >= ticks + 2, timeout=10)
     r = aioredis.Redis.from_url(api.server.settings.redis_url)
     try:
         leftovers = [k async for k in r.scan_iter(match=f"*{sid}*")]

@@ -56,6 +56,10 @@ async def served(call: Any) -> tuple[int, Any]:
     return st, body
 
 
+async def _claimed_since(srv: LiveServer, order_id: str, seen: Any) -> bool:
+    return bool((await attempt_row(srv, order_id)).updated_at > seen)
+
+
 async def attempt_row(srv: LiveServer, order_id: str) -> Any:
     assert srv.app is not None
     async with srv.app[SERVICES].db.connect() as conn:
@@ -97,7 +101,13 @@ async def test_retry_with_the_same_card_pays_with_that_charge(
         pay = {"payment_method": "pm_card_visa"}
         assert (await api.call("POST", f"/api/orders/{order['id']}/pay", token=tok, json=pay))[0] == 503
         await asyncio.to_thread(redis_server.restart)
-        await asyncio.sleep(0.6)  # past the grace: the reconciler sees the order still reserved, waits
+        # Past the grace the reconciler claims the open attempt (its updated_at moves), finds the order
+        # still reserved, and leaves it open: no refund. Twice, so that at least one of its passes read
+        # Redis after the restart (a pass on a connection the restart broke claims, then retries).
+        for _ in range(2):
+            seen = (await attempt_row(fast_settle, order["id"])).updated_at
+            await wait_for(lambda: _claimed_since(fast_settle, order["id"], seen), timeout=10)  # noqa: B023
+        assert (await attempt_row(fast_settle, order["id"])).state == "open"
         assert provider.refunded == set()
         st, paid = await served(lambda: api.call("POST", f"/api/orders/{order['id']}/pay", token=tok, json=pay))
         assert st == 200 and paid["status"] == "paid"

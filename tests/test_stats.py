@@ -19,8 +19,9 @@ from realtime.analytics import Tally, identity, minute_of
 from tests.helpers import Api, LiveServer, spawn_server, stop_server, wait_for
 from tests.test_realtime_ws import collect, of_type, recv_events, ws_url
 
-# Figures move within 2 s of what moves them (docs/api.md); the waits allow more, for a loaded machine.
-MOVE_S = 4.0
+# Figures move within 2 s of what moves them (docs/api.md: the hub's 1 s tick); tests never assert
+# timings, and on the shared 2-core machine a tick can be seconds late, so the waits allow more.
+MOVE_S = 10.0
 
 
 def test_tally_counts_views_identities_and_watch_time() -> None:
@@ -46,6 +47,19 @@ def test_tally_counts_views_identities_and_watch_time() -> None:
     assert (r3.open, r3.views, r3.watch_ms, r3.empty()) == (0, 0, 1000, False)
     assert t.take(11.0).empty()
     assert identity("bob") == "u:bob" and identity(None) != identity(None)
+
+
+def test_watch_time_accrues_only_while_live() -> None:
+    """Time in a scheduled stream's waiting room or on an ended stream's page is not watch time."""
+    t = Tally(0.0, live=False)
+    t.join("u:a", 0.0)
+    t.set_live(True, 10.0)
+    t.set_live(True, 12.0)  # no change
+    t.join("u:b", 14.0)
+    t.set_live(False, 20.0)
+    assert t.take(30.0).watch_ms == 10_000 + 6_000
+    t.set_live(True, 40.0)
+    assert t.take(41.0).watch_ms == 2_000
 
 
 def test_compose_follows_the_definitions() -> None:
@@ -81,29 +95,36 @@ async def _socket(server: LiveServer, stream_id: str, user: str | None = None,
 
 
 class Watch:
-    """The test's own account of each identity's connected time (the union of its sockets' spans)."""
+    """The test's own account of each identity's connected time (the union of its sockets' spans), as
+    two bounds on what the server can have counted: `inner` from the snapshot's arrival (the server had
+    the socket) to the start of the close, `outer` from before the connect to after the close."""
 
     def __init__(self) -> None:
-        self.spans: dict[str, list[tuple[float, float]]] = {}
+        self.inner: dict[str, list[tuple[float, float]]] = {}
+        self.outer: dict[str, list[tuple[float, float]]] = {}
 
     @contextlib.asynccontextmanager
     async def viewer(self, server: LiveServer, stream_id: str, ident: str,
                      user: str | None = None) -> AsyncIterator[ClientConnection]:
         t0 = time.monotonic()
         async with _socket(server, stream_id, user) as ws:
+            t_in = time.monotonic()
             yield ws
-        self.spans.setdefault(ident, []).append((t0, time.monotonic()))
+            t_out = time.monotonic()
+        self.inner.setdefault(ident, []).append((t_in, t_out))
+        self.outer.setdefault(ident, []).append((t0, time.monotonic()))
 
-    def mean_s(self) -> float:
+    @staticmethod
+    def mean_s(by_ident: dict[str, list[tuple[float, float]]]) -> float:
         total = 0.0
-        for spans in self.spans.values():
+        for spans in by_ident.values():
             end = float("-inf")
             for a, b in sorted(spans):
                 a = max(a, end)
                 if b > a:
                     total += b - a
                 end = max(end, b)
-        return total / len(self.spans)
+        return total / len(by_ident)
 
 
 async def _stats(api: Api, server: LiveServer, stream_id: str, token: str) -> dict[str, Any]:
@@ -224,7 +245,10 @@ async def _show(api_a: Api, api_b: Api) -> None:
         assert max(e["viewers_max"] for e in series) == 6 and got["avg_watch_s"] > 0
     # Everyone left: nobody is watching, and the watch time is the sockets' own.
     got = await until(lambda x: x["viewers_now"] == 0)
-    got = await until(lambda x: abs(x["avg_watch_s"] - watch.mean_s()) <= 0.5)
+    # Every leave is in once the figure reaches the inner bound; it never passes the outer one
+    # (0.05: avg_watch_s has one decimal).
+    got = await until(lambda x: x["avg_watch_s"] >= watch.mean_s(watch.inner) - 0.05)
+    assert got["avg_watch_s"] <= watch.mean_s(watch.outer) + 0.05, (got["avg_watch_s"], watch.mean_s(watch.outer))
     assert (got["views"], got["unique_viewers"], got["viewers_peak"]) == (6, 5, 6)
 
     st, _ = await api_a.call("POST", f"/api/streams/{sid}/end", token=ht)
@@ -310,3 +334,45 @@ async def test_order_figures_from_sql_once_events_left_redis(settings: Settings)
 
 async def _gone(r: Any, key: str) -> bool:
     return not await r.exists(key)
+
+
+async def test_auction_win_in_stats_sales_and_my_orders(api: Api) -> None:
+    """An auction is a product of the stream's stats (provisional while it runs), is listed under
+    `auctions` of the stream's sales, and its winner's order is in the winner's me/orders as kind
+    `auction` with the stream; the loser sees nothing."""
+    from tests.test_auctions import place, setup_auction
+
+    a = await setup_auction(api, duration_s=5, hold_s=60, host="auctioneer")
+    aid, sid, ht = a["id"], a["stream_id"], a["host_token"]
+    assert (await place(api, aid, "alice", 2000, "k1"))[0] == 201
+    assert (await place(api, aid, "bob", 1500, "k2"))[0] == 201
+    st, listed = await api.call("GET", f"/api/streams/{sid}/sales")
+    assert st == 200 and [x["id"] for x in listed["auctions"]] == [aid] and listed["sales"] == []
+    running = await _stats(api, api.server, sid, ht)
+    assert running["products"] == [{"kind": "auction", "id": aid, "sku": a["sku"], "orders": 0, "paid_orders": 0,
+                                    "units_sold": 0, "gmv_cents": 0}]
+
+    async def won() -> dict[str, Any] | None:
+        st, view = await api.call("GET", f"/api/auctions/{aid}")
+        return view if st == 200 and view["status"] == "sold" and view.get("order") else None
+
+    view = await wait_for(won, 15)
+    assert view["winner"] == "alice" and view["price_cents"] == 1600
+    st, paid = await api.call("POST", f"/api/orders/{view['order']}/pay", token=api.server.token("alice"),
+                              json={"payment_method": "pm_card_visa"})
+    assert st == 200, paid
+    got = await _stats(api, api.server, sid, ht)
+    product = got["products"][0]
+    assert (product["orders"], product["paid_orders"], product["units_sold"], product["gmv_cents"]) == (1, 1, 1, 1600)
+    assert (got["orders"], got["paid_orders"], got["buyers"], got["gmv_cents"]) == (1, 1, 1, 1600)
+
+    async def mine(user: str) -> list[dict[str, Any]]:
+        st, body = await api.call("GET", "/api/me/orders", token=api.server.token(user))
+        assert st == 200
+        return list(body["orders"])
+
+    orders = await wait_for(lambda: mine("alice"), 10)
+    assert [(o["kind"], o["id"], o["auction"], o["stream_id"], o["status"], o["amount_cents"], o["sku"])
+            for o in orders] == [("auction", view["order"], aid, sid, "paid", 1600, a["sku"])]
+    assert "sale" not in orders[0] and orders[0]["currency"] == "USD"
+    assert await mine("bob") == []

@@ -152,7 +152,7 @@ async def test_start_and_end_at_once_leave_viewers_redis_and_sql_on_ended(settin
 
 async def test_viewer_sees_the_stream_end_and_its_sale_end(api: Api) -> None:
     """A connected viewer gets `stream {status: ended}` and then the `sale` event ending the stream's
-    running sale, in seq order; the socket stays open (DESIGN.md names no close for an ended stream)."""
+    running sale, in seq order; the socket stays open (docs/design.md names no close for an ended stream)."""
     from tests.test_realtime_ws import collect, of_type, viewer
 
     s = await api.setup_sale()
@@ -171,7 +171,7 @@ async def test_viewer_sees_the_stream_end_and_its_sale_end(api: Api) -> None:
 
 async def test_an_end_retried_after_it_failed_midway_finishes_it(api: Api, redis_url: str) -> None:
     """The first end got through its Redis step and then failed (Redis or SQL lost: a 503), leaving the
-    stream's sale running and SQL saying live. The retry is 409 (the stream is ended, as DESIGN has
+    stream's sale running and SQL saying live. The retry is 409 (the stream is ended, as docs/design.md has
     it) and completes the rest: the sale ends and SQL says ended."""
     s = await api.setup_sale(stock=5)
     stream_id, host = s["stream_id"], s["host_token"]

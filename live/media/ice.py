@@ -11,6 +11,7 @@ later aioice renamed them, rather than gathering on the wrong addresses.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -20,11 +21,19 @@ from aiortc import RTCIceServer, RTCPeerConnection
 _FIELDS = ("_local_candidates", "_local_candidates_start", "_local_candidates_end", "_components")
 
 
-def check_supported() -> None:
+def check_supported(addresses: Sequence[str]) -> None:
+    """At start-up: aioice still has the internals `gather_on` uses, and every address can be bound
+    (an address the machine does not have would answer offers with no candidate at all)."""
     probe = Connection(ice_controlling=False)
     missing = [f for f in _FIELDS if not hasattr(probe, f)]
     if missing or not hasattr(probe, "get_component_candidates"):
         raise RuntimeError(f"LIVESALE_MEDIA_ADDRESSES needs aioice 0.13's Connection internals ({missing})")
+    for address in addresses:
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind((address, 0))
+            except OSError as exc:
+                raise ValueError(f"LIVESALE_MEDIA_ADDRESSES: cannot bind UDP on {address!r}: {exc.strerror}") from exc
 
 
 def ice_servers(urls: Iterable[str]) -> list[RTCIceServer]:

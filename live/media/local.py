@@ -1,6 +1,6 @@
 """The media in this process, with aiortc: WHIP publishers, WHEP viewers, one Relay per stream.
 
-Session lifecycle (STYLE.md #2): CONNECTING (answered, ICE/DTLS under way) -> CONNECTED -> CLOSED. A
+Session lifecycle (CONTRIBUTING.md #2): CONNECTING (answered, ICE/DTLS under way) -> CONNECTED -> CLOSED. A
 session that does not connect within `connect_timeout_s`, whose peer connection fails, or that is
 DELETEd, closes; a publisher's close closes its stream's viewers. One publisher per stream across
 processes: its claim (live/media/claims.py) is refreshed every `claims.TICK_S`; the same
@@ -25,7 +25,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from live.media import claims, ice, sdp
 from live.media.backend import Answer, Kind, MediaBackend
 from live.media.config import MediaConfig
-from live.media.relay import Relay, ViewerTrack
+from live.media.relay import AudioViewerTrack, Relay, ViewerTrack
 from livesale.codes import ErrorCode
 from livesale.errors import BadRequest, Conflict, NotFound, Unavailable
 from livesale.redis_client import REDIS_DOWN
@@ -50,6 +50,7 @@ class Session:
     stream_id: str
     pc: RTCPeerConnection
     track: ViewerTrack | None = None
+    audio: AudioViewerTrack | None = None
     state: SessionState = SessionState.CONNECTING
     claimed: bool = False  # a publisher whose Redis claim is made (and kept by _keep_claims)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -80,7 +81,7 @@ class LocalBackend(MediaBackend):
 
     async def start(self, svc: Services) -> None:
         if self.config.addresses:
-            ice.check_supported()
+            ice.check_supported(self.config.addresses)
         self._svc = svc
         self._tick = asyncio.create_task(self._keep_claims(), name="media-claims")
 
@@ -117,8 +118,10 @@ class LocalBackend(MediaBackend):
             if pc.connectionState == "connected" and session.state is SessionState.CONNECTING:
                 session.state = SessionState.CONNECTED
                 relay = self._relays.get(stream_id)
-                if session.track is not None and relay is not None:
-                    relay.add_viewer(session.track)
+                if relay is not None:
+                    for track in (session.track, session.audio):
+                        if track is not None:
+                            relay.add_viewer(track)
             elif pc.connectionState in ("failed", "closed"):
                 session.spawn(self._close(session), f"media-close-{session.id}")
 
@@ -145,8 +148,9 @@ class LocalBackend(MediaBackend):
                     task.cancel()
             if session.kind is Kind.WHEP:
                 relay = self._relays.get(session.stream_id)
-                if relay is not None and session.track is not None:
-                    relay.remove_viewer(session.track)
+                for track in (session.track, session.audio):
+                    if relay is not None and track is not None:
+                        relay.remove_viewer(track)
                 self._viewer_slots -= 1
                 m.MEDIA_VIEWERS.dec()
             await session.pc.close()
@@ -191,8 +195,8 @@ class LocalBackend(MediaBackend):
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
             nonlocal video_taken
-            feed = relay if track.kind == "video" and not video_taken else None
-            video_taken = video_taken or feed is not None
+            feed = relay if track.kind == "audio" or not video_taken else None
+            video_taken = video_taken or (feed is not None and track.kind == "video")
             session.spawn(_drain(track, feed), f"media-drain-{track.kind}-{session.id}")
 
         try:
@@ -225,11 +229,16 @@ class LocalBackend(MediaBackend):
         try:
             session.track = ViewerTrack(codec, self.config.viewer_queue)
             pc.addTrack(session.track)  # set before the answer, so the answer says sendonly
-            answer = await self._answer(pc, sdp.prefer(offer, codec))
+            if sdp.receives_audio(sdp.parse(offer.encode())):
+                session.audio = AudioViewerTrack(self.config.viewer_queue)
+                pc.addTrack(session.audio)
+            answer = await self._answer(pc, sdp.prefer(sdp.prefer(offer, codec), "OPUS", kind="audio"))
             chosen = sdp.answer_codec(answer)
             if chosen not in sdp.VIDEO_CODECS:
                 raise BadRequest("no video codec in common with the offer")
             session.track.codec = chosen
+            if session.audio is not None and sdp.answer_codec(answer, kind="audio") != "OPUS":
+                session.audio = None  # the viewer takes no Opus: video only
             if stream_id not in self._relays:  # the publisher left while we answered
                 raise Conflict("nobody is publishing this stream", code=ErrorCode.NO_PUBLISHER,
                                retry_after=self.config.retry_after_s)
@@ -282,13 +291,15 @@ class LocalBackend(MediaBackend):
 
 async def _drain(track: MediaStreamTrack, relay: Relay | None) -> None:
     """Read every frame a publisher's track decodes (aiortc's receiver queue is unbounded), handing
-    video to the relay; audio, and any second video track, are dropped here."""
+    them to the relay; a second video track is dropped here."""
     while True:
         try:
             frame = await track.recv()
         except MediaStreamError:
             return
-        if relay is not None and isinstance(frame, av.VideoFrame):
+        if relay is not None and isinstance(frame, av.AudioFrame):
+            relay.feed_audio(frame)
+        elif relay is not None and isinstance(frame, av.VideoFrame):
             m.MEDIA_FRAMES.labels("received").inc()
             busy = relay.stats.frames_dropped
             relay.feed(frame)

@@ -111,6 +111,33 @@ class VideoEncoder:
         self._ctx = None  # PyAV frees the codec (and x264's threads) with the context
 
 
+class AudioEncoder:
+    """The one Opus encoder of a stream's audio (cheap: it runs on the event loop)."""
+
+    RATE = 48000
+
+    def __init__(self, bitrate: int = 64000) -> None:
+        self.time_base = fractions.Fraction(1, self.RATE)
+        self._ctx = av.CodecContext.create("libopus", "w")
+        self._ctx.bit_rate = bitrate
+        self._ctx.format = "s16"
+        self._ctx.layout = "stereo"
+        self._ctx.sample_rate = self.RATE
+        self._ctx.time_base = self.time_base
+        self._resampler = av.AudioResampler(format="s16", layout="stereo", rate=self.RATE, frame_size=960)
+        self._pts = 0
+
+    def encode(self, frame: av.AudioFrame) -> list[av.Packet]:
+        packets: list[av.Packet] = []
+        for f in self._resampler.resample(frame):
+            f.pts, f.time_base = self._pts, self.time_base
+            self._pts += f.samples
+            packets += self._ctx.encode(f)
+        for p in packets:
+            p.time_base = self.time_base
+        return packets
+
+
 class Pushed(IntEnum):
     SENT = 0
     WAITING = 1  # the viewer waits for a keyframe
@@ -168,6 +195,15 @@ class ViewerTrack(MediaStreamTrack):
         return packet
 
 
+class AudioViewerTrack(ViewerTrack):
+    """A viewer's audio: the stream's Opus packets (each one decodable alone: they are all "key")."""
+
+    kind = "audio"
+
+    def __init__(self, max_packets: int) -> None:
+        super().__init__("OPUS", max_packets)
+
+
 @dataclass
 class RelayStats:
     frames_in: int = 0
@@ -187,7 +223,9 @@ class Relay:
         self.stream_id = stream_id
         self.config = config
         self.stats = RelayStats()
-        self._viewers: dict[str, set[ViewerTrack]] = {}
+        self._viewers: dict[str, set[ViewerTrack]] = {}  # video codec -> its viewers' tracks
+        self._listeners: set[AudioViewerTrack] = set()
+        self._audio: AudioEncoder | None = None
         self._encoders: dict[str, VideoEncoder] = {}
         self._clock = FrameClock(config.fps)
         # Decoded frames waiting for the encoder: a few, so that frames the network or the decoder
@@ -205,10 +243,17 @@ class Relay:
         return sum(len(v) for v in self._viewers.values())
 
     def add_viewer(self, track: ViewerTrack) -> None:
+        if isinstance(track, AudioViewerTrack):
+            self._listeners.add(track)
+            return
         self._viewers.setdefault(track.codec, set()).add(track)
         self._want_key = True  # a keyframe soon rather than at the end of the GOP (rate-limited)
 
     def remove_viewer(self, track: ViewerTrack) -> None:
+        if isinstance(track, AudioViewerTrack):
+            self._listeners.discard(track)
+            track.finish()
+            return
         tracks = self._viewers.get(track.codec)
         if tracks is not None:
             tracks.discard(track)
@@ -223,6 +268,17 @@ class Relay:
             self.stats.frames_dropped += 1  # the oldest waiting frame goes
         self._frames.append(frame)
         self._ready.set()
+
+    def feed_audio(self, frame: av.AudioFrame) -> None:
+        """A decoded audio frame of the publisher: encoded once, for listeners only."""
+        if not self._listeners:
+            self._audio = None  # the next listener starts a fresh encoder
+            return
+        if self._audio is None:
+            self._audio = AudioEncoder()
+        for packet in self._audio.encode(frame):
+            for track in self._listeners:
+                track.push(packet)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -278,10 +334,11 @@ class Relay:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for tracks in list(self._viewers.values()):
-            for track in list(tracks):
-                track.finish()
+        everyone: list[ViewerTrack] = [t for tracks in self._viewers.values() for t in tracks]
+        for track in [*everyone, *self._listeners]:
+            track.finish()
         self._viewers.clear()
+        self._listeners.clear()
         # The encoders are closed on their own thread (after an encode still running there), then that
         # idle thread is joined, which takes microseconds.
         await asyncio.get_running_loop().run_in_executor(self._executor, self._close_encoders)

@@ -1,4 +1,4 @@
-"""What an offer asks for, checked before aiortc sees it (pure, no I/O: STYLE.md #1).
+"""What an offer asks for, checked before aiortc sees it (pure, no I/O: CONTRIBUTING.md #1).
 
 WHIP (RFC 9725) and WHEP take one SDP offer per POST. We answer 400 for text that is not an SDP offer
 we can parse, 422 `unsupported_media` for one we parse but will not serve (docs/media.md, "Errors").
@@ -134,30 +134,47 @@ def check_play(offer: Offer) -> str:
     raise UnsupportedOffer(f"the offer takes none of our video codecs ({', '.join(VIDEO_CODECS)})")
 
 
-def prefer(sdp: str, codec: str) -> str:
-    """`sdp` with `codec`'s payload types first on every video m= line. aiortc answers with the
-    offer's own order of preference, and Chromium lists VP8 first; this keeps one encoder per
-    stream for every viewer that can take H.264."""
-    lines = sdp.split("\r\n") if "\r\n" in sdp else sdp.split("\n")
-    names: dict[str, str] = {}
-    for line in lines:
-        if m := _RTPMAP.match(line):
-            names[m.group(1)] = m.group(2).upper()
-    out = []
-    for line in lines:
-        if line.startswith("m=video "):
-            head, fmts = line.split()[:3], line.split()[3:]
-            first = [pt for pt in fmts if names.get(pt) == codec]
-            line = " ".join(head + first + [pt for pt in fmts if pt not in first])
-        out.append(line)
-    return ("\r\n" if "\r\n" in sdp else "\n").join(out)
+def receives_audio(offer: Offer) -> bool:
+    return any(s.kind == "audio" and s.direction in ("recvonly", "sendrecv") and "OPUS" in s.offered()
+               for s in offer.sections)
 
 
-def answer_codec(sdp: str) -> str | None:
-    """The codec of the first video m= line of an answer (its first payload type)."""
+def prefer(sdp: str, codec: str, kind: str = "video") -> str:
+    """`sdp` with `codec` first in every `kind` section: first on the m= line, and its a=rtpmap lines
+    first (aiortc reads the offer's preference from the order of the rtpmap lines). aiortc answers
+    with the offer's own order of preference, and Chromium lists VP8 first; this keeps one encoder
+    per stream for every viewer that can take H.264."""
+    eol = "\r\n" if "\r\n" in sdp else "\n"
+    lines = sdp.split(eol)
+    names = {m.group(1): m.group(2).upper() for line in lines if (m := _RTPMAP.match(line))}
+    section = ""
+    rtpmaps: list[int] = []
+
+    def reorder() -> None:
+        ordered = sorted((lines[i] for i in rtpmaps), key=lambda ln: _RTPMAP.match(ln).group(2).upper() != codec)  # type: ignore[union-attr]
+        for i, line in zip(rtpmaps, ordered, strict=True):
+            lines[i] = line
+        rtpmaps.clear()
+
+    for i, line in enumerate(lines):
+        if line.startswith("m="):
+            reorder()
+            section = line[2:].split(" ", 1)[0]
+            if section == kind:
+                head, fmts = line.split()[:3], line.split()[3:]
+                first = [pt for pt in fmts if names.get(pt) == codec]
+                lines[i] = " ".join(head + first + [pt for pt in fmts if pt not in first])
+        elif section == kind and _RTPMAP.match(line):
+            rtpmaps.append(i)
+    reorder()
+    return eol.join(lines)
+
+
+def answer_codec(sdp: str, kind: str = "video") -> str | None:
+    """The codec of the first `kind` m= line of an answer (its first payload type)."""
     pt = None
     for line in sdp.splitlines():
-        if pt is None and line.startswith("m=video "):
+        if pt is None and line.startswith(f"m={kind} "):
             parts = line.split()
             pt = parts[3] if len(parts) > 3 else None
         elif pt is not None and (m := _RTPMAP.match(line)) and m.group(1) == pt:
