@@ -22,6 +22,7 @@ from tests.test_fasthttp import Pair, exchange, normalized, purchase
 pair = fh.pair
 api = fh.api
 
+
 def _dumps(value: Any) -> bytes:
     return json.dumps(value).encode()  # also integers past 64 bits, and Infinity (not JSON: refused)
 
