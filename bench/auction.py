@@ -37,6 +37,7 @@ from inventory import (  # type: ignore[import-not-found]  # bench/ is on sys.pa
     Server,
     call,
     cpu_seconds,
+    create_show,
     ensure_wrk,
     log,
     pinned,
@@ -49,11 +50,7 @@ from livesale.embedded_redis import EmbeddedRedis, free_port
 
 
 def create_auctions(base: str, secret: str, count: int) -> list[str]:
-    host = mint(secret, "bench-host", "host", ttl=3600)
-    sku = f"LOT-{secrets.token_hex(4)}"
-    call(base, "POST", "/api/products", host, {"sku": sku, "title": "Bench lot", "price_cents": 1000})
-    stream = call(base, "POST", "/api/streams", host, {"title": "Bench auctions"})
-    call(base, "POST", f"/api/streams/{stream['id']}/start", host)
+    host, sku, stream = create_show(base, secret)
     ids = []
     for _ in range(count):
         a = call(base, "POST", f"/api/streams/{stream['id']}/auctions", host, {

@@ -169,12 +169,18 @@ def call(base: str, method: str, path: str, token: str, body: Any = None) -> Any
         return json.loads(r.read())
 
 
-def create_sales(base: str, secret: str, count: int, stock: int, limit: int) -> list[str]:
+def create_show(base: str, secret: str) -> tuple[str, str, dict[str, Any]]:
+    """A host token, a product's sku and a live stream to open sales or auctions on."""
     host = mint(secret, "bench-host", "host", ttl=3600)
     sku = f"BENCH-{secrets.token_hex(4)}"
     call(base, "POST", "/api/products", host, {"sku": sku, "title": "Bench item", "price_cents": 1000})
     stream = call(base, "POST", "/api/streams", host, {"title": "Bench"})
     call(base, "POST", f"/api/streams/{stream['id']}/start", host)
+    return host, sku, stream
+
+
+def create_sales(base: str, secret: str, count: int, stock: int, limit: int) -> list[str]:
+    host, sku, stream = create_show(base, secret)
     ids = []
     for _ in range(count):
         sale = call(base, "POST", f"/api/streams/{stream['id']}/sales", host, {

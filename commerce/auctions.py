@@ -293,7 +293,14 @@ class Auctions:
     async def _send(self, batch: dict[str, tuple[AuctionInfo, list[_Bid]]]) -> None:
         calls = [(info, bids[i : i + MAX_PER_CALL]) for info, bids in batch.values()
                  for i in range(0, len(bids), MAX_PER_CALL)]
-        results = await asyncio.gather(*(self._call(info, bids) for info, bids in calls), return_exceptions=True)
+        try:
+            results = await asyncio.gather(*(self._call(info, bids) for info, bids in calls), return_exceptions=True)
+        except BaseException:  # cancelled (shutdown): never leave a bidder waiting forever
+            for _, bids in calls:
+                for b in bids:
+                    if not b.fut.done():
+                        b.fut.set_exception(Unavailable("the server is stopping"))
+            raise
         for (info, bids), res in zip(calls, results, strict=True):
             outcome: Any = res
             if isinstance(res, REDIS_DOWN):

@@ -192,7 +192,7 @@ async def comments(request: web.Request) -> web.Response:
 
 # --- GET /api/me/orders
 #
-# Each kind of order (flash sale today; auction wins and group-buy members when they land) is one
+# Each kind of order (flash sale, auction win, group-buy member) is one
 # source: a function giving the user's newest orders after a (created_at, id) position. The page is
 # the merge of every source's, newest first; order ids are unique across kinds.
 OrderSource = Callable[[AsyncConnection, str, tuple[datetime, str] | None, int], Awaitable[list[dict[str, Any]]]]

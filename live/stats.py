@@ -4,11 +4,12 @@ docs/api.md "Stream analytics".
 Two sources, both global across processes and both off the hot paths:
 - the audience (viewers, views, unique viewers, watch time, comments, likes) is what every process's
   hub adds to Redis once per viewers tick (realtime/analytics.py);
-- the orders are folded, when stats are read, from each sale's order-event stream, which the
-  inventory scripts append to in the same atomic step as every reserve, pay, cancel and expiry
-  (stats_fold.lua): the figures are the orders' own history, and a purchase does no extra work.
-While the stream is live (or its holds can still be paid) the figures are provisional; after that
-they are computed once more and kept.
+- the orders of sales and auction wins are folded, when stats are read, from each one's order-event
+  stream, which the inventory scripts append to in the same atomic step as every reserve, pay, cancel
+  and expiry (stats_fold.lua): the figures are the orders' own history, and a purchase does no extra
+  work; a group-buy's are read from its own records (commerce.groupbuys.figures).
+While the stream is live (or a hold can still be paid, an auction still close, a group still fill)
+the figures are provisional; after that they are computed once more and kept.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class SaleFigures:
     paid_orders: int = 0
     units_sold: int = 0
     gmv_cents: int = 0
-    refunded_cents: int = 0  # flash-sale orders are never refunded once paid (docs/api.md)
+    refunded_cents: int = 0  # a paid sale or auction order is never refunded; group-buys' differences (docs/api.md)
     held: int = 0  # units still on hold: they may yet be paid
     buyers: set[str] = field(default_factory=set)
     minutes: dict[str, int] = field(default_factory=dict)  # "<minute>:o" orders, "<minute>:g" GMV

@@ -16,6 +16,7 @@ import time
 from urllib.parse import urlsplit
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt import PyJWK, PyJWKClient
 
 log = logging.getLogger("livesale.auth")
@@ -37,10 +38,13 @@ def check_url(url: str) -> str | None:
 
 
 def _key_algorithm(key: PyJWK) -> str | None:
-    kty, crv = key._jwk_data.get("kty"), key._jwk_data.get("crv")
-    if kty == "RSA":
+    """RS256 for an RSA public key, ES256 for a P-256 one (by the JWK's `alg`, or its type and curve);
+    None for any other key, which then verifies nothing."""
+    public = key.key
+    if key.algorithm_name == "RS256" and isinstance(public, rsa.RSAPublicKey):
         return "RS256"
-    if kty == "EC" and crv == "P-256":
+    if (key.algorithm_name == "ES256" and isinstance(public, ec.EllipticCurvePublicKey)
+            and isinstance(public.curve, ec.SECP256R1)):
         return "ES256"
     return None
 
@@ -91,8 +95,7 @@ class KeySet:
         keys: dict[str, tuple[PyJWK, str]] = {}
         for key in fetched:
             alg = _key_algorithm(key)
-            declared = key._jwk_data.get("alg")
-            if alg is not None and declared in (None, alg) and key.key_id:
+            if alg is not None and key.key_id:
                 keys[key.key_id] = (key, alg)
         self._keys = keys
 

@@ -34,6 +34,7 @@ log = logging.getLogger("livesale.limits")
 # are skipped; any other (out of descriptors or memory: EMFILE, ENFILE, ENOBUFS) waits and retries.
 _GONE = frozenset((errno.ECONNABORTED, errno.ECONNRESET, errno.EPROTO, errno.EPERM))
 _BACKOFF_MAX_S = 1.0
+_BURST = 128  # connections taken per wake-up of the accept loop (aiohttp's listen backlog)
 
 
 class ConnectionGate:
@@ -65,7 +66,9 @@ class ConnectionGate:
 
     async def accept_loop(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
         """Accept on `sock` until it is closed or this task cancelled: never ends on a failure, as a
-        process that stopped accepting would be up but unreachable."""
+        process that stopped accepting would be up but unreachable. Each wake-up takes every
+        connection waiting (up to the listen backlog and the cap), as the loop's own accept does: one
+        per loop turn lets a burst of connects overflow the backlog, and its clients get resets."""
         loop = asyncio.get_running_loop()
         backoff = 0.01
         while sock.fileno() != -1:
@@ -76,6 +79,13 @@ class ConnectionGate:
                 await self._below.wait()
             try:
                 conn, _addr = await loop.sock_accept(sock)
+                accepted = [conn]
+                while len(accepted) < _BURST and self.open + len(accepted) < self.cap:
+                    try:
+                        conn, _addr = sock.accept()
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    accepted.append(conn)
             except OSError as exc:
                 if exc.errno in _GONE or sock.fileno() == -1:
                     continue
@@ -86,13 +96,15 @@ class ConnectionGate:
                 backoff = min(_BACKOFF_MAX_S, backoff * 2)
                 continue
             backoff = 0.01
-            self.opened()
-            try:
-                await loop.connect_accepted_socket(factory, conn)
-            except Exception:  # noqa: BLE001 - the peer left before its transport was made, or a bug
-                log.warning("could not serve an accepted connection", exc_info=True)
-                conn.close()
-                self.closed()
+            for _ in accepted:
+                self.opened()
+            results = await asyncio.gather(*(loop.connect_accepted_socket(factory, conn) for conn in accepted),
+                                           return_exceptions=True)
+            for conn, result in zip(accepted, results, strict=True):
+                if isinstance(result, BaseException):  # the peer left before its transport was made, or a bug
+                    log.warning("could not serve an accepted connection: %r", result)
+                    conn.close()
+                    self.closed()
 
 
 def listen(host: str, port: int, *, backlog: int, reuse_port: bool) -> socket.socket:

@@ -312,8 +312,8 @@ async def test_racing_closers_and_closers_that_die_make_one_order(server: LiveSe
 
 async def test_winner_pays_through_the_order_pipeline(server: LiveServer, api: Api) -> None:
     """The winner's order is an ordinary order: amount = price, only the winner sees or pays it, paying
-    twice is 409, and the order writer puts it in SQL as paid; an unsold auction (reserve not met)
-    makes no order."""
+    twice is 409, the order writer puts it in SQL as paid, the stream's stats count it (kind
+    `auction`); an unsold auction (reserve not met) makes no order."""
     assert server.app is not None
     a = await setup_auction(api, duration_s=3600)
     aid = a["id"]
@@ -343,6 +343,15 @@ async def test_winner_pays_through_the_order_pipeline(server: LiveServer, api: A
         return bool(rows) and rows[0].status == "paid" and rows[0].amount_cents == 2600
 
     await wait_for(paid_in_sql, timeout=10)
+
+    async def in_stats() -> Any:
+        st, stats = await api.call("GET", f"/api/streams/{a['stream_id']}/stats", token=a["host_token"])
+        won = [p for p in stats["products"] if p["kind"] == "auction"]
+        return stats if won and won[0]["gmv_cents"] == 2600 else None
+
+    stats = await wait_for(in_stats, timeout=5)
+    assert [(p["id"], p["orders"], p["paid_orders"], p["units_sold"]) for p in stats["products"]] == [(aid, 1, 1, 1)]
+    assert (stats["gmv_cents"], stats["buyers"], stats["paid_orders"]) == (2600, 1, 1)
     u = await setup_auction(api, duration_s=3600, reserve_cents=5000)
     await place(api, u["id"], "ann", 4000, "k")
     ends = int(await server.app[SERVICES].redis.hget(keys.auction(u["stream_id"], u["id"]), "ends_at"))

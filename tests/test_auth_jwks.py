@@ -50,7 +50,10 @@ class Provider:
     failing: bool = False
 
     def add(self, kid: str, alg: str, *, publish: bool = True) -> None:
-        key = rsa.generate_private_key(65537, 2048) if alg == "RS256" else ec.generate_private_key(ec.SECP256R1())
+        if alg in ("RS256", "PS256"):
+            key: Any = rsa.generate_private_key(65537, 2048)
+        else:
+            key = ec.generate_private_key(ec.SECP384R1() if alg == "ES384" else ec.SECP256R1())
         self.keys[kid] = (key, alg)
         if publish:
             self.published.append(kid)
@@ -67,7 +70,8 @@ class Provider:
         self.requests += 1
         if self.failing:
             return web.Response(status=500, text="down")
-        return web.json_response({"keys": [_jwk(self.keys[k][0], k) for k in self.published]})
+        return web.json_response({"keys": [_jwk(self.keys[k][0], k, **({"alg": "PS256"} if self.keys[k][1] == "PS256" else {}))
+                                           for k in self.published]})
 
 
 @pytest.fixture
@@ -280,3 +284,16 @@ async def test_demo_sign_in_tokens_stay_within_the_maximum_lifetime(settings: Se
         assert st == 200 and body["expires_in"] == 600
         st, stream = await api.call("POST", "/api/streams", token=body["token"], json={"title": "Mine"})
         assert st == 201, stream
+
+
+async def test_only_rsa_and_p256_keys_are_taken_from_the_key_set(provider: Provider) -> None:
+    """A P-384 key and an RSA key published for PS256 are left out of the keys we hold: tokens signed
+    with them are refused, and the RS256/ES256 keys beside them still verify."""
+    provider.add("ec-384", "ES384")
+    provider.add("rsa-pss", "PS256")
+    v = await loaded(provider)
+    assert v.jwks is not None and v.jwks.get("ec-384") is None and v.jwks.get("rsa-pss") is None
+    for kid in ("ec-384", "rsa-pss"):
+        with pytest.raises(Unauthorized):
+            v.verify(provider.token(kid))
+    assert v.verify(provider.token("rsa-1", "ida")).id == "ida"

@@ -461,6 +461,13 @@ async def test_the_worked_example_of_the_docs(api: Api, redis: aioredis.Redis) -
         return all(m == (1, 900, 100) for m in (await money(redis, list(members.values()))).values())
     await wait_for(settled, timeout=10)
     await row(7, 0, 3)
+
+    async def orders_say_it() -> bool:
+        # A refund is recorded on the order just after the provider made it (refund_pending meanwhile).
+        views = [(await api.call("GET", f"/api/orders/{oid}", token=api.server.token(user)))[1]
+                 for user, oid in members.items()]
+        return all(not o.get("refund_pending") and o["refunded_cents"] == 100 for o in views)
+    await wait_for(orders_say_it, timeout=10)
     for user, oid in members.items():
         st, o = await api.call("GET", f"/api/orders/{oid}", token=api.server.token(user))
         assert (o["status"], o["amount_cents"], o["charged_cents"], o["refunded_cents"]) == ("paid", 800, 900, 100)

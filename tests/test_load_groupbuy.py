@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -96,9 +97,10 @@ async def test_verifier_names_each_corruption(api: Api, settings: Settings,
     assert not report.ok and any(named in p for p in report.problems), report.text()
 
 
-def test_rush_end_to_end() -> None:
+def test_rush_end_to_end(tmp_path: Path) -> None:
     """`python -m load.groupbuy` (small): the rush runs against its own server and the verdict is clean."""
     r = subprocess.run([sys.executable, "-m", "load.groupbuy", "--buyers", "80", "--stock", "60", "--seconds", "15",
-                        "--seed", "7"], capture_output=True, text=True, timeout=120)
+                        "--seed", "7", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "RESULT      OK" in r.stdout and "money       charged" in r.stdout
+    assert "RESULT      OK" in (tmp_path / "report.txt").read_text()

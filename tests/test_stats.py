@@ -19,8 +19,9 @@ from realtime.analytics import Tally, identity, minute_of
 from tests.helpers import Api, LiveServer, spawn_server, stop_server, wait_for
 from tests.test_realtime_ws import collect, of_type, recv_events, ws_url
 
-# Figures move within 2 s of what moves them (docs/api.md); the waits allow more, for a loaded machine.
-MOVE_S = 4.0
+# Figures move within 2 s of what moves them (docs/api.md: the hub's 1 s tick); tests never assert
+# timings, and on the shared 2-core machine a tick can be seconds late, so the waits allow more.
+MOVE_S = 10.0
 
 
 def test_tally_counts_views_identities_and_watch_time() -> None:
@@ -94,29 +95,36 @@ async def _socket(server: LiveServer, stream_id: str, user: str | None = None,
 
 
 class Watch:
-    """The test's own account of each identity's connected time (the union of its sockets' spans)."""
+    """The test's own account of each identity's connected time (the union of its sockets' spans), as
+    two bounds on what the server can have counted: `inner` from the snapshot's arrival (the server had
+    the socket) to the start of the close, `outer` from before the connect to after the close."""
 
     def __init__(self) -> None:
-        self.spans: dict[str, list[tuple[float, float]]] = {}
+        self.inner: dict[str, list[tuple[float, float]]] = {}
+        self.outer: dict[str, list[tuple[float, float]]] = {}
 
     @contextlib.asynccontextmanager
     async def viewer(self, server: LiveServer, stream_id: str, ident: str,
                      user: str | None = None) -> AsyncIterator[ClientConnection]:
         t0 = time.monotonic()
         async with _socket(server, stream_id, user) as ws:
+            t_in = time.monotonic()
             yield ws
-        self.spans.setdefault(ident, []).append((t0, time.monotonic()))
+            t_out = time.monotonic()
+        self.inner.setdefault(ident, []).append((t_in, t_out))
+        self.outer.setdefault(ident, []).append((t0, time.monotonic()))
 
-    def mean_s(self) -> float:
+    @staticmethod
+    def mean_s(by_ident: dict[str, list[tuple[float, float]]]) -> float:
         total = 0.0
-        for spans in self.spans.values():
+        for spans in by_ident.values():
             end = float("-inf")
             for a, b in sorted(spans):
                 a = max(a, end)
                 if b > a:
                     total += b - a
                 end = max(end, b)
-        return total / len(self.spans)
+        return total / len(by_ident)
 
 
 async def _stats(api: Api, server: LiveServer, stream_id: str, token: str) -> dict[str, Any]:
@@ -237,7 +245,10 @@ async def _show(api_a: Api, api_b: Api) -> None:
         assert max(e["viewers_max"] for e in series) == 6 and got["avg_watch_s"] > 0
     # Everyone left: nobody is watching, and the watch time is the sockets' own.
     got = await until(lambda x: x["viewers_now"] == 0)
-    got = await until(lambda x: abs(x["avg_watch_s"] - watch.mean_s()) <= 0.5)
+    # Every leave is in once the figure reaches the inner bound; it never passes the outer one
+    # (0.05: avg_watch_s has one decimal).
+    got = await until(lambda x: x["avg_watch_s"] >= watch.mean_s(watch.inner) - 0.05)
+    assert got["avg_watch_s"] <= watch.mean_s(watch.outer) + 0.05, (got["avg_watch_s"], watch.mean_s(watch.outer))
     assert (got["views"], got["unique_viewers"], got["viewers_peak"]) == (6, 5, 6)
 
     st, _ = await api_a.call("POST", f"/api/streams/{sid}/end", token=ht)
