@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TESTSTAMP := $(VENV)/.installed-test
 
-.PHONY: run test check bench-inventory bench-fanout bench-media soak load load-groupbuy install clean promtool chromium
+.PHONY: run test check bench-inventory bench-fanout bench-cluster bench-media soak load load-groupbuy install clean promtool chromium
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -58,6 +58,9 @@ bench-inventory: $(TESTSTAMP)
 
 bench-fanout: $(TESTSTAMP)
 	$(BIN)/python bench/fanout.py $(BENCH_ARGS)
+
+bench-cluster: $(TESTSTAMP)
+	$(BIN)/python bench/cluster.py $(BENCH_ARGS)
 
 bench-media: $(TESTSTAMP)
 	$(BIN)/python bench/media.py $(BENCH_ARGS)

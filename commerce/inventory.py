@@ -241,7 +241,14 @@ class Reserver:
         rands = [os.urandom(8 * len(ops)).hex().encode() for _, ops in calls]
         try:
             async with asyncio.timeout_at(deadline):
-                results, retried = await self._execute(calls, rands)
+                if self._cluster:
+                    # Each master's calls are answered as soon as that master replies: a stalled
+                    # master's buyers wait for the deadline, not those of the others.
+                    await self._execute_cluster(calls, rands)
+                    results: list[Any] | None = None
+                    retried = False
+                else:
+                    results, retried = await self._execute(calls, rands)
         except (*REDIS_DOWN, TimeoutError) as exc:
             # Never a late answer: the scripts may still run when Redis wakes up, and a buyer who
             # retries with its key then gets that order (200), but this request is answered now.
@@ -261,40 +268,44 @@ class Reserver:
             raise
         if m.ENABLED:
             _BATCH.observe(sum(len(ops) for _, ops in calls))
+        if results is None:
+            return
         for (sale_id, ops), res, rand in zip(calls, results, rands, strict=True):
-            try:
-                if isinstance(res, Exception) or int(res[0]) == -1:
-                    exc2: Exception = res if isinstance(res, Exception) else UnknownSale(sale_id)
-                    if refuses_writes(exc2):
-                        exc2 = Unavailable(f"redis refuses writes: {exc2}")
-                    elif isinstance(exc2, REDIS_DOWN):
-                        exc2 = Unavailable(f"redis unreachable: {exc2.__class__.__name__}")
-                    elif isinstance(exc2, _REDIRECTED):
-                        exc2 = Unavailable(f"redis cluster still moving the sale: {exc2.__class__.__name__}")
-                    for op in ops:
-                        op.tell(exc2)
-                    continue
-                available, held = int(res[0]), int(res[1])
-                outcomes = [_parse(raw, available) for raw in res[2:]]
-                if len(outcomes) != len(ops):
-                    raise ValueError(f"{len(outcomes)} outcomes for {len(ops)} buyers")
-                if retried:
-                    _own_orders(sale_id, outcomes, rand)
-                for op, r in zip(ops, outcomes, strict=True):
-                    op.tell(r)
-                if any(r.code == RESERVED for r in outcomes):
-                    self.accepted_at = asyncio.get_running_loop().time()
-                if self.on_stock is not None:
-                    self.on_stock(sale_id, available, held)
-            except Exception as exc:  # a reply we cannot read: its buyers get an error, never silence
-                log.error("unreadable reserve reply for sale %s: %r", sale_id, exc)
+            self._answer(sale_id, ops, res, rand, retried)
+
+    def _answer(self, sale_id: str, ops: list[_Op], res: Any, rand: bytes, retried: bool) -> None:
+        """Tell one call's buyers what its reply says (every buyer is told, whatever the reply)."""
+        try:
+            if isinstance(res, Exception) or int(res[0]) == -1:
+                exc2: Exception = res if isinstance(res, Exception) else UnknownSale(sale_id)
+                if refuses_writes(exc2):
+                    exc2 = Unavailable(f"redis refuses writes: {exc2}")
+                elif isinstance(exc2, REDIS_DOWN):
+                    exc2 = Unavailable(f"redis unreachable: {exc2.__class__.__name__}")
+                elif isinstance(exc2, _REDIRECTED):
+                    exc2 = Unavailable(f"redis cluster still moving the sale: {exc2.__class__.__name__}")
                 for op in ops:
-                    op.tell(exc)
+                    op.tell(exc2)
+                return
+            available, held = int(res[0]), int(res[1])
+            outcomes = [_parse(raw, available) for raw in res[2:]]
+            if len(outcomes) != len(ops):
+                raise ValueError(f"{len(outcomes)} outcomes for {len(ops)} buyers")
+            if retried:
+                _own_orders(sale_id, outcomes, rand)
+            for op, r in zip(ops, outcomes, strict=True):
+                op.tell(r)
+            if any(r.code == RESERVED for r in outcomes):
+                self.accepted_at = asyncio.get_running_loop().time()
+            if self.on_stock is not None:
+                self.on_stock(sale_id, available, held)
+        except Exception as exc:  # a reply we cannot read: its buyers get an error, never silence
+            log.error("unreadable reserve reply for sale %s: %r", sale_id, exc)
+            for op in ops:
+                op.tell(exc)
 
     async def _execute(self, calls: Sequence[tuple[str, list[_Op]]], rands: Sequence[bytes]) -> tuple[list[Any], bool]:
         """The calls' replies, and whether they were sent more than once (`_round_trip`)."""
-        if self._cluster:
-            return await self._execute_cluster(calls, rands)
         packed = b"".join(_evalsha(sale_id, ops, rand) for (sale_id, ops), rand in zip(calls, rands, strict=True))
         retried = False
         for attempt in (0, 1):
@@ -307,67 +318,65 @@ class Reserver:
             return results, retried
         raise AssertionError("unreachable")
 
-    async def _execute_cluster(self, calls: Sequence[tuple[str, list[_Op]]],
-                               rands: Sequence[bytes]) -> tuple[list[Any], bool]:
-        """`_execute` on a cluster: the calls grouped by the master of their sale's slot, one pipeline
-        per master, all at once. A MOVED call goes again to the slot's new owner (and the client's slot
-        map learns it), an ASK call to the node named with ASKING first, a TRYAGAIN call (a sale's keys
-        split between two nodes for an instant of a migration) again after a moment: none of these ran
-        the script, so sending it again holds nothing twice."""
+    async def _execute_cluster(self, calls: Sequence[tuple[str, list[_Op]]], rands: Sequence[bytes]) -> None:
+        """Send and answer the calls on a cluster: grouped by the master of their sale's slot, one
+        pipeline per master, all at once, each master's calls answered as soon as it replies. A MOVED
+        call goes again to the slot's new owner (and the client's slot map learns it), an ASK call to
+        the node named with ASKING first, a TRYAGAIN call (a sale's keys split between two nodes for an
+        instant of a migration) again after a moment: none of these ran the script, so sending it again
+        holds nothing twice."""
         cluster: Any = self.redis
-        results: list[Any] = [None] * len(calls)
         packed = [_evalsha(sale_id, ops, rand) for (sale_id, ops), rand in zip(calls, rands, strict=True)]
-        asking: dict[int, tuple[str, int]] = {}
-        todo = list(range(len(calls)))
-        retried = False
+        redo: dict[int, tuple[str, int] | None] = dict.fromkeys(range(len(calls)))
         for hop in range(MAX_REDIRECTS + 1):
             by_node: dict[tuple[str, int], list[int]] = {}
-            for i in todo:
-                addr = asking.get(i)
+            for i, addr in redo.items():
                 if addr is None:
                     node = cluster.get_node_from_key(keys.sale(calls[i][0]))
                     addr = (node.host, int(node.port))
                 by_node.setdefault(addr, []).append(i)
-            sent = [(addr, idx, b"".join(_ASKING + packed[i] if i in asking else packed[i] for i in idx),
-                     len(idx) + sum(i in asking for i in idx)) for addr, idx in by_node.items()]
-            # A master that is down fails its own calls only; the others' buyers get their answers.
-            replies = await asyncio.gather(*(self._round_trip(blob, n, addr) for addr, _, blob, n in sent),
-                                           return_exceptions=True)
-            asked, todo, asking, again = asking, [], {}, False
-            for (_, idx, _, _), reply in zip(sent, replies, strict=True):
-                if isinstance(reply, BaseException):
-                    if not isinstance(reply, Exception):
-                        raise reply
-                    for i in idx:
-                        results[i] = reply
-                    continue
-                out, resent = reply
-                retried = retried or resent
-                it = iter(out)
-                for i in idx:
-                    if i in asked:
-                        next(it)  # ASKING's +OK
-                    res = next(it)
-                    results[i] = res
-                    if hop == MAX_REDIRECTS:
-                        continue
-                    if isinstance(res, rx.AskError) and not isinstance(res, rx.MovedError):
-                        asking[i] = (res.host, res.port)
-                        todo.append(i)
-                    elif isinstance(res, rx.MovedError):
-                        await cluster.nodes_manager.move_slot(res)
-                        todo.append(i)
-                    elif isinstance(res, (rx.TryAgainError, rx.NoScriptError)):
-                        again = again or isinstance(res, rx.TryAgainError)
-                        if isinstance(res, rx.NoScriptError):
-                            await cluster.script_load(RESERVE.source)
-                        todo.append(i)
-            if not todo:
-                break
-            self.redirects += len(todo)
-            if again:
+            asked = {i for i, addr in redo.items() if addr is not None}
+            redo = {}
+            waits: list[bool] = []
+            await asyncio.gather(*(self._on_master(calls, rands, packed, addr, idx, asked, hop == MAX_REDIRECTS,
+                                                   redo, waits) for addr, idx in by_node.items()))
+            if not redo:
+                return
+            self.redirects += len(redo)
+            if waits:
                 await asyncio.sleep(TRYAGAIN_S)
-        return results, retried
+
+    async def _on_master(self, calls: Sequence[tuple[str, list[_Op]]], rands: Sequence[bytes], packed: list[bytes],
+                         addr: tuple[str, int], idx: list[int], asked: set[int], last: bool,
+                         redo: dict[int, tuple[str, int] | None], waits: list[bool]) -> None:
+        """One master's share of `_execute_cluster`'s hop: its calls answered, or put in `redo` (with the
+        node to ASK, or None to route by slot again; `waits` gets an entry after a TRYAGAIN)."""
+        blob = b"".join(_ASKING + packed[i] if i in asked else packed[i] for i in idx)
+        try:
+            out, resent = await self._round_trip(blob, len(idx) + sum(i in asked for i in idx), addr)
+        except Exception as exc:  # a master that is down fails its own calls only
+            for i in idx:
+                self._answer(calls[i][0], calls[i][1], exc, rands[i], False)
+            return
+        cluster: Any = self.redis
+        it = iter(out)
+        for i in idx:
+            if i in asked:
+                next(it)  # ASKING's +OK
+            res = next(it)
+            if last or not isinstance(res, (rx.AskError, rx.TryAgainError, rx.NoScriptError)):
+                self._answer(calls[i][0], calls[i][1], res, rands[i], resent)
+            elif isinstance(res, rx.MovedError):
+                await cluster.nodes_manager.move_slot(res)
+                redo[i] = None
+            elif isinstance(res, rx.AskError):
+                redo[i] = (res.host, res.port)
+            else:
+                if isinstance(res, rx.NoScriptError):
+                    await cluster.script_load(RESERVE.source)
+                else:
+                    waits.append(True)
+                redo[i] = None
 
     async def _round_trip(self, packed: bytes, replies: int, addr: tuple[str, int] | None = None) -> tuple[list[Any], bool]:
         """Write pipelined commands on one of the batcher's own connections and read their replies, an

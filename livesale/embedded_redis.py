@@ -195,14 +195,24 @@ class EmbeddedCluster:
             self.call(node, "CLUSTER", "ADDSLOTSRANGE", str(lo), str(hi))
         for node in self.nodes[1:]:
             self.call(node, "CLUSTER", "MEET", "127.0.0.1", str(self.nodes[0].port), str(self.bus_ports[0]))
+        if not self.wait_ok(timeout):
+            self.stop()
+            raise RuntimeError(f"redis cluster did not form; see {self.data_dir}/n*/redis.log")
+        return self
+
+    def wait_ok(self, timeout: float = 15.0) -> bool:
+        """Whether every node, within `timeout`, says the cluster is ok and sees every node connected."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(b"cluster_state:ok" in self.call(nd, "CLUSTER", "INFO") and
-                   self.call(nd, "CLUSTER", "NODES").count(b"connected") == n for nd in self.nodes):
-                return self
+            try:
+                if all(b"cluster_state:ok" in self.call(nd, "CLUSTER", "INFO") and
+                       self.call(nd, "CLUSTER", "NODES").count(b"connected") == len(self.nodes)
+                       and b"fail" not in self.call(nd, "CLUSTER", "NODES") for nd in self.nodes):
+                    return True
+            except OSError:
+                pass
             time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"redis cluster did not form; see {self.data_dir}/n*/redis.log")
+        return False
 
     def owner(self, slot: int) -> EmbeddedRedis:
         """The master that serves `slot` as first assigned (before any migration)."""

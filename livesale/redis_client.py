@@ -15,14 +15,16 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from livesale.errors import Unavailable
 
-REDIS_DOWN = (rx.ConnectionError, rx.TimeoutError, ConnectionError, OSError, rx.BusyLoadingError)
+# rx.ClusterError: a Redis Cluster that is down or still failing after the client's redirects and
+# retries (ClusterDownError, MasterDownError are its kinds): unreachable for now, a 503 to retry.
+REDIS_DOWN = (rx.ConnectionError, rx.TimeoutError, ConnectionError, OSError, rx.BusyLoadingError, rx.ClusterError)
 # Replies of a Redis that answers but will not write now (memory full, a replica after failover, an AOF
 # it cannot write, a script running too long): a 503 to retry, not a 500.
-_REFUSING = ("OOM ", "READONLY ", "MISCONF ", "BUSY ", "MASTERDOWN ", "NOREPLICAS ")
+_REFUSING = ("OOM ", "READONLY ", "MISCONF ", "BUSY ", "MASTERDOWN ", "NOREPLICAS ", "CLUSTERDOWN ", "TRYAGAIN ")
 
 
 def refuses_writes(exc: BaseException) -> bool:
-    if isinstance(exc, (rx.ReadOnlyError, rx.OutOfMemoryError)):
+    if isinstance(exc, (rx.ReadOnlyError, rx.OutOfMemoryError, rx.ClusterDownError, rx.TryAgainError)):
         return True
     return isinstance(exc, rx.ResponseError) and str(exc).startswith(_REFUSING)
 

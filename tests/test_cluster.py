@@ -321,3 +321,57 @@ async def test_room_keeps_delivering_after_its_streams_slot_moves(
         assert [c["text"] for c in before] == ["before"] and [c["text"] for c in after] == ["after"]
         assert after[0]["seq"] == before[0]["seq"] + 1
         assert channel(sid).encode() in _client(dst).execute_command("PUBSUB", "SHARDCHANNELS")
+
+
+async def test_a_dead_master_fails_only_its_own_sales_buyers(
+        cluster_settings: Settings, redis_cluster: EmbeddedCluster) -> None:
+    """With one master killed, buyers of a sale on it get 503 `unavailable` while buyers of sales on the
+    other masters, in the same batches, get their orders; after it is back, its sale sells again."""
+    async with start_app_server(cluster_settings) as srv, Api(srv) as api:
+        sales = await _sales_on_every_master(api, redis_cluster, stock=50)
+        dead = redis_cluster.nodes[0]
+        try:
+            dead.kill()
+            res = await asyncio.gather(*(api.reserve(s["sale_id"], f"u{i}-{n}", f"k{i}-{n}")
+                                         for i in range(20) for n, s in enumerate(sales)))
+            by_sale: dict[int, set[int]] = {}
+            for i, (st, body) in enumerate(res):
+                by_sale.setdefault(i % 3, set()).add(st)
+                if st == 503:
+                    assert body["error"] == "unavailable", body
+            assert by_sale == {0: {503}, 1: {201}, 2: {201}}
+        finally:
+            if dead.proc is None:
+                await asyncio.to_thread(dead.restart)
+            assert await asyncio.to_thread(redis_cluster.wait_ok, 20)
+        s0 = await api.setup_sale(stock=5)  # the dead master came back empty (no AOF in the fixture)
+        st, _ = await api.reserve(s0["sale_id"], "late", "k-late")
+        assert st == 201
+
+
+async def test_a_stalled_master_holds_only_its_own_sales_buyers(
+        cluster_settings: Settings, redis_cluster: EmbeddedCluster) -> None:
+    """With one master stopped (SIGSTOP: connected, answering nothing), its sale's buyers get 503
+    `unavailable` at the deadline while the other masters' buyers in the same batches get their orders."""
+    import os
+    import signal
+
+    async with start_app_server(cluster_settings) as srv, Api(srv) as api:
+        sales = await _sales_on_every_master(api, redis_cluster, stock=50)
+        stalled = redis_cluster.nodes[0]
+        assert stalled.proc is not None
+        os.kill(stalled.proc.pid, signal.SIGSTOP)
+        try:
+            res = await asyncio.gather(*(api.reserve(s["sale_id"], f"u{i}-{n}", f"k{i}-{n}")
+                                         for i in range(20) for n, s in enumerate(sales)))
+        finally:
+            os.kill(stalled.proc.pid, signal.SIGCONT)
+        by_sale: dict[int, set[int]] = {}
+        for i, (st, body) in enumerate(res):
+            by_sale.setdefault(i % 3, set()).add(st)
+            if st == 503:
+                assert body["error"] == "unavailable", body
+        assert by_sale == {0: {503}, 1: {201}, 2: {201}}
+        assert await asyncio.to_thread(redis_cluster.wait_ok, 20)
+        st, _ = await api.reserve(sales[0]["sale_id"], "late", "k-late")
+        assert st == 201  # the master is back: its sale sells again
