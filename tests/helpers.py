@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,6 +134,22 @@ def stop_server(srv: LiveServer, sig: int = signal.SIGTERM) -> None:
         except subprocess.TimeoutExpired:
             srv.proc.kill()
             srv.proc.wait(5)
+
+
+@contextlib.contextmanager
+def server_pair(settings: Settings) -> Iterator[tuple[LiveServer, LiveServer]]:
+    """Two `livesale serve` processes on one Redis and database; both stopped at the end."""
+    a = spawn_server(settings)
+    try:
+        b = spawn_server(settings)
+    except BaseException:
+        stop_server(a)
+        raise
+    try:
+        yield a, b
+    finally:
+        stop_server(a)
+        stop_server(b)
 
 
 @dataclass

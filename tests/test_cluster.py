@@ -20,7 +20,7 @@ from livesale.bus import channel
 from livesale.config import Settings
 from livesale.embedded_redis import EmbeddedCluster, EmbeddedRedis
 from tests.conftest import SECRET
-from tests.helpers import Api, LiveServer, spawn_server, start_app_server, stop_server, wait_for
+from tests.helpers import Api, LiveServer, server_pair, spawn_server, start_app_server, stop_server, wait_for
 from tests.test_realtime_ws import collect, of_type, send, viewer
 
 
@@ -32,17 +32,8 @@ def cluster_settings(cluster_url: str, database_url: str, tmp_path: Path) -> Set
 
 @pytest.fixture
 def two_servers(cluster_settings: Settings) -> Iterator[tuple[LiveServer, LiveServer]]:
-    a = spawn_server(cluster_settings)
-    try:
-        b = spawn_server(cluster_settings)
-    except BaseException:
-        stop_server(a)
-        raise
-    try:
-        yield a, b
-    finally:
-        stop_server(a)
-        stop_server(b)
+    with server_pair(cluster_settings) as pair:
+        yield pair
 
 
 def _node(cluster: EmbeddedCluster, sale_id: str) -> EmbeddedRedis:

@@ -10,23 +10,14 @@ import pytest
 
 from livesale.codes import CloseCode
 from livesale.config import Settings
-from tests.helpers import Api, LiveServer, spawn_server, stop_server
+from tests.helpers import Api, LiveServer, server_pair, spawn_server, stop_server
 from tests.test_realtime_ws import closed_code, collect, of_type, send, viewer
 
 
 @pytest.fixture
 def two_servers(settings: Settings) -> Iterator[tuple[LiveServer, LiveServer]]:
-    a = spawn_server(settings)
-    try:
-        b = spawn_server(settings)
-    except BaseException:
-        stop_server(a)
-        raise
-    try:
-        yield a, b
-    finally:
-        stop_server(a)
-        stop_server(b)
+    with server_pair(settings) as pair:
+        yield pair
 
 
 async def test_comments_likes_and_viewers_cross_processes(two_servers: tuple[LiveServer, LiveServer]) -> None:
