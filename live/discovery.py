@@ -198,6 +198,21 @@ async def comments(request: web.Request) -> web.Response:
 OrderSource = Callable[[AsyncConnection, str, tuple[datetime, str] | None, int], Awaitable[list[dict[str, Any]]]]
 
 
+async def _page(conn: AsyncConnection, q: sa.Select[Any], o: Any, after: tuple[datetime, str] | None,
+                n: int) -> list[sa.Row[Any]]:
+    """The query's rows newest first, after the (created_at, id) position `after`, at most n."""
+    if after is not None:
+        q = q.where(sa.or_(o.created_at < after[0], sa.and_(o.created_at == after[0], o.id < after[1])))
+    return list((await conn.execute(q.order_by(o.created_at.desc(), o.id.desc()).limit(n))).all())
+
+
+def _order_rows(kind: str, rows: list[sa.Row[Any]]) -> list[dict[str, Any]]:
+    """Rows of `orders` as me/orders items; `kind` names the id's key (`sale` or `auction`)."""
+    return [{"kind": kind, "id": r.id, kind: r.sale_id, "stream_id": r.stream_id, "sku": r.sku,
+             "status": r.status, "quantity": r.quantity, "amount_cents": r.amount_cents,
+             "currency": r.currency, "expires_at": None, "_created": to_us(r.created_at)} for r in rows]
+
+
 async def _sale_orders(conn: AsyncConnection, user_id: str, after: tuple[datetime, str] | None,
                        n: int) -> list[dict[str, Any]]:
     o, s = orders_table.c, sales_table.c
@@ -205,12 +220,7 @@ async def _sale_orders(conn: AsyncConnection, user_id: str, after: tuple[datetim
                    s.currency)
          .select_from(orders_table.outerjoin(sales_table, s.id == o.sale_id))
          .where(o.user_id == user_id, o.sale_id.notlike("au%")))  # auction wins: _auction_orders
-    if after is not None:
-        q = q.where(sa.or_(o.created_at < after[0], sa.and_(o.created_at == after[0], o.id < after[1])))
-    rows = (await conn.execute(q.order_by(o.created_at.desc(), o.id.desc()).limit(n))).all()
-    return [{"kind": "sale", "id": r.id, "sale": r.sale_id, "stream_id": r.stream_id, "sku": r.sku,
-             "status": r.status, "quantity": r.quantity, "amount_cents": r.amount_cents,
-             "currency": r.currency, "expires_at": None, "_created": to_us(r.created_at)} for r in rows]
+    return _order_rows("sale", await _page(conn, q, o, after, n))
 
 
 async def _auction_orders(conn: AsyncConnection, user_id: str, after: tuple[datetime, str] | None,
@@ -221,12 +231,7 @@ async def _auction_orders(conn: AsyncConnection, user_id: str, after: tuple[date
                    a.currency)
          .select_from(orders_table.join(auctions_table, a.id == o.sale_id))
          .where(o.user_id == user_id))
-    if after is not None:
-        q = q.where(sa.or_(o.created_at < after[0], sa.and_(o.created_at == after[0], o.id < after[1])))
-    rows = (await conn.execute(q.order_by(o.created_at.desc(), o.id.desc()).limit(n))).all()
-    return [{"kind": "auction", "id": r.id, "auction": r.sale_id, "stream_id": r.stream_id, "sku": r.sku,
-             "status": r.status, "quantity": r.quantity, "amount_cents": r.amount_cents,
-             "currency": r.currency, "expires_at": None, "_created": to_us(r.created_at)} for r in rows]
+    return _order_rows("auction", await _page(conn, q, o, after, n))
 
 
 async def _group_orders(conn: AsyncConnection, user_id: str, after: tuple[datetime, str] | None,
@@ -237,9 +242,7 @@ async def _group_orders(conn: AsyncConnection, user_id: str, after: tuple[dateti
                    o.created_at, g.stream_id, g.sku, g.currency)
          .select_from(group_orders.outerjoin(groupbuys_table, g.id == o.groupbuy_id))
          .where(o.user_id == user_id, o.status != "declined"))
-    if after is not None:
-        q = q.where(sa.or_(o.created_at < after[0], sa.and_(o.created_at == after[0], o.id < after[1])))
-    rows = (await conn.execute(q.order_by(o.created_at.desc(), o.id.desc()).limit(n))).all()
+    rows = await _page(conn, q, o, after, n)
     return [{"kind": "group", "id": r.id, "groupbuy": r.groupbuy_id, "group": r.group_id, "stream_id": r.stream_id,
              "sku": r.sku, "status": r.status, "quantity": 1, "amount_cents": r.amount_cents,
              "charged_cents": r.charged_cents, "refunded_cents": r.refunded_cents, "currency": r.currency,
