@@ -6,9 +6,9 @@ same run.
 The server under test is pinned to one core; this load generator, its publisher and Redis to another
 (`taskset`). The publisher replays a pre-encoded 720p30 H.264 loop (lavfi testsrc2, 1.5 Mbit/s), so the
 generator does not encode; the server decodes it and encodes it, as it would OBS's stream. The viewers
-do not decode either: each stops at the depacketizer and counts a frame when the packet that completes
-it (RTP marker bit) arrives, skipping aiortc's jitter buffer and decoder, or the generator, not the
-server, is what would be measured. A step "holds" when the median viewer receives >= 95% of the frames the
+do not decode either: each counts a frame when the packet that completes it (RTP marker bit, in the
+clear under SRTP) reaches its ICE connection, and drops it there, skipping SRTP, aiortc's jitter buffer
+and decoder, or the generator, not the server, is what would be measured. A step "holds" when the median viewer receives >= 95% of the frames the
 publisher sent in the window, the slowest >= 90%, the publisher sent >= 27 fps, and the server dropped
 at most 1% of the frames it sent (livesale_media_frames_dropped_total): the machine these numbers come
 from is shared, and a core that other processes also run on loses a frame now and then at any load.
@@ -37,6 +37,7 @@ from pathlib import Path
 
 import aiohttp
 import av
+from aioice import Connection
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
@@ -54,15 +55,24 @@ HOLD_FPS = 0.95 * FPS
 LOOPBACK = ("127.0.0.1",)
 
 
-# --- the load generator's viewers: frames counted at the depacketizer -----------------------------
+# --- the load generator's viewers: frames counted as their last packet arrives ---------------------
 
-async def _count_frames(self: RTCRtpReceiver, packet: object, arrival_time_ms: int) -> None:
-    if getattr(packet, "marker", 0):
-        self.bench_frames = getattr(self, "bench_frames", 0) + 1  # type: ignore[attr-defined]
+def _count_frames(self: Connection, data: bytes, component: int) -> None:
+    """This process's ICE connections: an RTP packet (not RTCP) with the marker bit completes a frame
+    and is counted, then dropped; everything else (DTLS, RTCP) goes on to aiortc. SRTP leaves the RTP
+    header in the clear, so the viewers neither decrypt, buffer nor decode."""
+    if 127 < data[0] < 192 and not 192 <= data[1] <= 223:
+        if data[1] & 0x80:
+            self.bench_frames = getattr(self, "bench_frames", 0) + 1  # type: ignore[attr-defined]
+        return
+    self._queue.put_nowait((data, component))
 
 
-# This process only: its viewers neither buffer nor decode (see the module docstring).
-RTCRtpReceiver._handle_rtp_packet = _count_frames  # type: ignore[method-assign]
+Connection.data_received = _count_frames  # type: ignore[method-assign]
+
+
+def ice_connection(receiver: RTCRtpReceiver) -> Connection:
+    return receiver.transport.transport._connection  # type: ignore[no-any-return]
 
 
 def encode_loop(seconds: int, bitrate: int) -> list[bytes]:
@@ -267,7 +277,8 @@ async def wait_ready(base: str, proc: asyncio.subprocess.Process) -> None:
 
 async def measure(pid: int, core: int, base: str, receivers: list[RTCRtpReceiver], window: float,
                   livesale: bool, source: ReplayTrack) -> Step:
-    frames0 = [getattr(r, "bench_frames", 0) for r in receivers]
+    conns = [ice_connection(r) for r in receivers]
+    frames0 = [getattr(c, "bench_frames", 0) for c in conns]
     sent0 = source.n
     drops0 = server_drops(base) if livesale else {}
     cpu0, busy0, gen0, t0 = cpu_seconds(pid), core_busy(core), time.process_time(), time.monotonic()
@@ -275,7 +286,7 @@ async def measure(pid: int, core: int, base: str, receivers: list[RTCRtpReceiver
     cpu1, busy1, gen1, t1 = cpu_seconds(pid), core_busy(core), time.process_time(), time.monotonic()
     elapsed = t1 - t0
     sent = (source.n - sent0) / elapsed
-    fps = [(getattr(r, "bench_frames", 0) - f0) / elapsed for r, f0 in zip(receivers, frames0, strict=True)]
+    fps = [(getattr(c, "bench_frames", 0) - f0) / elapsed for c, f0 in zip(conns, frames0, strict=True)]
     dropped = ({k: v - drops0.get(k, 0.0) for k, v in server_drops(base).items()} if livesale else {})
     return Step(len(receivers), (cpu1 - cpu0) / elapsed, (gen1 - gen0) / elapsed, min(fps),
                 statistics.median(fps), dropped, elapsed, max(0.0, (busy1 - busy0) - (cpu1 - cpu0)) / elapsed, sent)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import fractions
 
+import av
 import pytest
 
 from live.media import sdp
 from live.media.config import MediaConfig
-from live.media.relay import FrameClock, Pushed, VideoEncoder, ViewerTrack
+from live.media.relay import AudioEncoder, AudioViewerTrack, FrameClock, Pushed, VideoEncoder
 from tests.media_peers import pattern_frame
 from tests.test_media import video_offer
 
@@ -66,21 +67,27 @@ def test_frame_clock_paces_to_fps_across_rtp_wraparound() -> None:
     assert clock.slot((start + 30 * 3000) % (1 << 32), tb, 0.0) == 30
 
 
-def test_one_encoder_makes_packets_viewer_tracks_start_at_keyframes_and_drop_when_full() -> None:
-    """Viewers skip to a keyframe; a full queue drops its backlog and waits for the next keyframe."""
+def test_one_encoder_makes_packets_with_a_keyframe_every_gop() -> None:
     enc = VideoEncoder("H264", MediaConfig(gop=5))
     packets = [p for i in range(12) for p in enc.encode(pattern_frame(i, fractions.Fraction(1, 30)), i, False)]
     assert [p.is_keyframe for p in packets][:6] == [True, False, False, False, False, True]
     assert all(p.time_base == fractions.Fraction(1, 30) for p in packets)
-    late = ViewerTrack("H264", max_packets=3)
-    assert late.push(packets[1]) is Pushed.WAITING
-    assert [late.push(p) for p in packets[5:8]] == [Pushed.SENT] * 3
-    assert late.push(packets[8]) is Pushed.DROPPED  # full: backlog gone, waits for a keyframe
-    assert late.push(packets[9]) is Pushed.WAITING
-    assert late.push(packets[10]) is Pushed.SENT and packets[10].is_keyframe
-    assert late.dropped == 4 and late.sent == 4
     vp8 = VideoEncoder("VP8", MediaConfig(gop=5))
     assert vp8.encode(pattern_frame(0, fractions.Fraction(1, 30)), 0, False)[0].is_keyframe
+
+
+def test_a_listener_behind_drops_its_backlog() -> None:
+    """A full audio queue drops its backlog rather than play stale sound."""
+    enc = AudioEncoder()
+    frame = av.AudioFrame(format="s16", layout="stereo", samples=960)
+    for plane in frame.planes:
+        plane.update(bytes(plane.buffer_size))
+    frame.sample_rate, frame.pts, frame.time_base = 48000, 0, fractions.Fraction(1, 48000)
+    packets = [p for i in range(6) for p in enc.encode(frame)]
+    assert len(packets) >= 4
+    late = AudioViewerTrack(max_packets=3)
+    assert [late.push(p) for p in packets[:4]] == [Pushed.SENT] * 4
+    assert late.dropped == 3 and late.sent == 4
 
 
 def test_addresses_setting_is_checked_at_start() -> None:

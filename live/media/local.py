@@ -22,10 +22,11 @@ import av
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from live.media import claims, ice, sdp
+from live.media import claims, ice, rtpout, sdp
 from live.media.backend import Answer, Kind, MediaBackend
 from live.media.config import MediaConfig
 from live.media.relay import AudioViewerTrack, Relay, ViewerTrack
+from live.media.rtpout import RtpOut
 from livesale.codes import ErrorCode
 from livesale.errors import BadRequest, Conflict, NotFound, Unavailable
 from livesale.redis_client import REDIS_DOWN
@@ -82,6 +83,7 @@ class LocalBackend(MediaBackend):
     async def start(self, svc: Services) -> None:
         if self.config.addresses:
             ice.check_supported(self.config.addresses)
+        rtpout.check_supported()
         self._svc = svc
         self._tick = asyncio.create_task(self._keep_claims(), name="media-claims")
 
@@ -227,8 +229,9 @@ class LocalBackend(MediaBackend):
         pc = self._peer()
         session = self._register(Kind.WHEP, stream_id, pc)
         try:
-            session.track = ViewerTrack(codec, self.config.viewer_queue)
-            pc.addTrack(session.track)  # set before the answer, so the answer says sendonly
+            session.track = ViewerTrack(codec)
+            # Set before the answer, so the answer says sendonly. The stream's fan-out sends its RTP.
+            session.track.out = RtpOut(pc.addTrack(session.track), lambda: self._keyframe_for(stream_id))
             if sdp.receives_audio(sdp.parse(offer.encode())):
                 session.audio = AudioViewerTrack(self.config.viewer_queue)
                 pc.addTrack(session.audio)
@@ -246,6 +249,11 @@ class LocalBackend(MediaBackend):
             await asyncio.shield(self._close(session))
             raise
         return Answer(session.id, answer)
+
+    def _keyframe_for(self, stream_id: str) -> None:
+        relay = self._relays.get(stream_id)
+        if relay is not None:
+            relay.request_keyframe()
 
     # --- ending ---------------------------------------------------------------------------------
 

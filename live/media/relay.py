@@ -28,6 +28,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av.video.frame import PictureType
 
 from live.media.config import MediaConfig
+from live.media.rtpout import Packed, Packetizer, RtpOut, ntp_now
 
 _RTP_WRAP = 1 << 32
 _PENDING_FRAMES = 3  # 100 ms at 30 fps
@@ -145,30 +146,58 @@ class Pushed(IntEnum):
 
 
 class ViewerTrack(MediaStreamTrack):
-    """A viewer's video: the stream's encoded packets, from a bounded queue, starting at a keyframe.
-    Its sender only packetizes them (aiortc skips encoding for `av.Packet`s)."""
+    """A viewer's video. The stream's fan-out sends each packetized frame through the viewer's
+    `RtpOut` itself, starting at a keyframe; aiortc's sender never reads this track."""
 
     kind = "video"
 
-    def __init__(self, codec: str, max_packets: int) -> None:
+    def __init__(self, codec: str) -> None:
         super().__init__()
         self.codec = codec
-        self._queue: asyncio.Queue[av.Packet | None] = asyncio.Queue(max_packets)
+        self.out: RtpOut | None = None
         self._waiting_key = True
+        self._ended = asyncio.Event()
+        self.sent = 0
+
+    def deliver(self, frame: Packed, ntp: int) -> Pushed:
+        if self._waiting_key and not frame.keyframe:
+            return Pushed.WAITING
+        if self.out is None or not self.out.send(frame, ntp):
+            self._waiting_key = True  # not connected (yet, or any more): start again at a keyframe
+            return Pushed.WAITING
+        self._waiting_key = False
+        self.sent += 1
+        return Pushed.SENT
+
+    def finish(self) -> None:
+        """End the track and stop its sending."""
+        if self.out is not None:
+            self.out.stop()
+        self._ended.set()
+
+    async def recv(self) -> av.Packet:  # type: ignore[override]
+        await self._ended.wait()
+        self.stop()
+        raise MediaStreamError
+
+
+class AudioViewerTrack(MediaStreamTrack):
+    """A viewer's audio: the stream's Opus packets (each one decodable alone) from a bounded queue,
+    read by aiortc's sender, which only packetizes them."""
+
+    kind = "audio"
+
+    def __init__(self, max_packets: int) -> None:
+        super().__init__()
+        self._queue: asyncio.Queue[av.Packet | None] = asyncio.Queue(max_packets)
         self.sent = 0
         self.dropped = 0
 
     def push(self, packet: av.Packet) -> Pushed:
-        if self._waiting_key and not packet.is_keyframe:
-            return Pushed.WAITING
         if self._queue.full():
-            # More than a second behind (a slow link, or a server out of CPU): drop the backlog and go
-            # on from the next keyframe rather than play stale video.
-            self.dropped += self._empty() + 1
-            self._waiting_key = not packet.is_keyframe
-            if self._waiting_key:
-                return Pushed.DROPPED
-        self._waiting_key = False
+            # Over a second behind (a slow link, or a server out of CPU): drop the backlog rather than
+            # play stale sound.
+            self.dropped += self._empty()
         self._queue.put_nowait(packet)
         self.sent += 1
         return Pushed.SENT
@@ -195,15 +224,6 @@ class ViewerTrack(MediaStreamTrack):
         return packet
 
 
-class AudioViewerTrack(ViewerTrack):
-    """A viewer's audio: the stream's Opus packets (each one decodable alone: they are all "key")."""
-
-    kind = "audio"
-
-    def __init__(self, max_packets: int) -> None:
-        super().__init__("OPUS", max_packets)
-
-
 @dataclass
 class RelayStats:
     frames_in: int = 0
@@ -227,6 +247,7 @@ class Relay:
         self._listeners: set[AudioViewerTrack] = set()
         self._audio: AudioEncoder | None = None
         self._encoders: dict[str, VideoEncoder] = {}
+        self._packetizers: dict[str, Packetizer] = {}
         self._clock = FrameClock(config.fps)
         # Decoded frames waiting for the encoder: a few, so that frames the network or the decoder
         # bunched together are all encoded; when full, the oldest is dropped (the encoder cannot keep up).
@@ -242,14 +263,18 @@ class Relay:
     def viewer_count(self) -> int:
         return sum(len(v) for v in self._viewers.values())
 
-    def add_viewer(self, track: ViewerTrack) -> None:
+    def add_viewer(self, track: ViewerTrack | AudioViewerTrack) -> None:
         if isinstance(track, AudioViewerTrack):
             self._listeners.add(track)
             return
         self._viewers.setdefault(track.codec, set()).add(track)
         self._want_key = True  # a keyframe soon rather than at the end of the GOP (rate-limited)
 
-    def remove_viewer(self, track: ViewerTrack) -> None:
+    def request_keyframe(self) -> None:
+        """A viewer lost a picture (PLI/FIR): a keyframe soon (rate-limited)."""
+        self._want_key = True
+
+    def remove_viewer(self, track: ViewerTrack | AudioViewerTrack) -> None:
         if isinstance(track, AudioViewerTrack):
             self._listeners.discard(track)
             track.finish()
@@ -290,6 +315,7 @@ class Relay:
             frame = self._frames.popleft()
             for codec in [c for c in self._encoders if c not in self._viewers]:
                 self._encoders.pop(codec).close()  # nobody left on that codec: free its encoder
+                self._packetizers.pop(codec, None)
             if not self._viewers:
                 self.stats.frames_skipped += 1
                 continue
@@ -315,17 +341,19 @@ class Relay:
                     self._on_encode(codec, spent, len(packets), sent, dropped)
 
     def _fan_out(self, codec: str, packets: list[av.Packet]) -> tuple[int, int]:
-        sent = dropped = 0
+        """Packetize each packet once and send it to every viewer of the codec, in this loop turn."""
+        sent = 0
+        packetizer = self._packetizers.get(codec)
+        if packetizer is None:
+            packetizer = self._packetizers[codec] = Packetizer(codec)
+        ntp = ntp_now()
         for packet in packets:
+            frame = packetizer.pack(packet)
             for track in self._viewers.get(codec, ()):
-                result = track.push(packet)
-                if result is Pushed.SENT:
+                if track.deliver(frame, ntp) is Pushed.SENT:
                     sent += 1
-                elif result is Pushed.DROPPED:
-                    dropped += 1
         self.stats.packets_sent += sent
-        self.stats.packets_dropped += dropped
-        return sent, dropped
+        return sent, 0
 
     async def close(self) -> None:
         """Stop encoding, end every viewer's track, and join the encode thread."""
@@ -334,7 +362,7 @@ class Relay:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        everyone: list[ViewerTrack] = [t for tracks in self._viewers.values() for t in tracks]
+        everyone: list[ViewerTrack | AudioViewerTrack] = [t for tracks in self._viewers.values() for t in tracks]
         for track in [*everyone, *self._listeners]:
             track.finish()
         self._viewers.clear()
