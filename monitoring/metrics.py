@@ -117,13 +117,12 @@ MEDIA_SESSIONS = Counter("livesale_media_sessions_total", "WHIP/WHEP sessions op
 MEDIA_FRAMES = Counter(
     "livesale_media_frames_total",
     "Video frames by stage: received (decoded from publishers), encoded (once per stream and codec), "
-    "sent (queued to viewers: one per viewer)",
+    "sent (one per viewer)",
     ["stage"],
 )
 MEDIA_DROPPED = Counter(
     "livesale_media_frames_dropped_total",
-    "Video frames dropped: encoder_busy (pushed out of the few frames waiting for a busy encoder), viewer_behind "
-    "(thrown out of a full viewer queue)",
+    "Video frames dropped: encoder_busy (pushed out of the few frames waiting for a busy encoder)",
     ["reason"],
 )
 MEDIA_ENCODE = Histogram(
@@ -135,7 +134,7 @@ for _kind in ("whip", "whep"):
     MEDIA_SESSIONS.labels(_kind)
 for _stage in ("received", "encoded", "sent"):
     MEDIA_FRAMES.labels(_stage)
-for _reason in ("encoder_busy", "viewer_behind"):
+for _reason in ("encoder_busy",):
     MEDIA_DROPPED.labels(_reason)
 for _codec in ("H264", "VP8"):
     MEDIA_ENCODE.labels(_codec)

@@ -29,7 +29,7 @@ class MediaConfig:
     bitrate: int = 1_500_000
     gop: int = 30
     x264_preset: str = "ultrafast"
-    # Encoded frames a viewer may have waiting; past it the viewer skips to the next keyframe.
+    # Encoded audio packets a listener may have waiting; past it the backlog is dropped.
     viewer_queue: int = 30
     # "local": this process runs the media (aiortc). "proxy": WHIP/WHEP are forwarded to `upstream`, a
     # URL template with {kind} and {stream} of an SFU or media server speaking WHIP/WHEP (docs/media.md,

@@ -315,10 +315,8 @@ async def _drain(track: MediaStreamTrack, relay: Relay | None) -> None:
                 m.MEDIA_DROPPED.labels("encoder_busy").inc()
 
 
-def _encoded(codec: str, seconds: float, packets: int, sent: int, dropped: int) -> None:
+def _encoded(codec: str, seconds: float, packets: int, sent: int) -> None:
     m.MEDIA_FRAMES.labels("encoded").inc()
     m.MEDIA_ENCODE.labels(codec).observe(seconds)
     if sent:
         m.MEDIA_FRAMES.labels("sent").inc(sent)
-    if dropped:
-        m.MEDIA_DROPPED.labels("viewer_behind").inc(dropped)

@@ -1,13 +1,13 @@
 """One decode of the publisher, one encode per codec, the same packets to every viewer.
 
 aiortc runs an encoder in every RTCRtpSender that is fed decoded frames (its MediaRelay pattern: one
-full encode per viewer). A sender fed `av.Packet`s skips encoding and only packetizes, so a stream
-here decodes its publisher once (aiortc's receiver), encodes each frame once per codec its viewers
-take, and hands the same packets to every viewer's sender. A viewer starts, and restarts after
-falling behind, at a keyframe; the GOP is short (1 s) so that is never far.
+full encode per viewer). Here a stream decodes its publisher once (aiortc's receiver), encodes each
+frame once per codec its viewers take, packetizes it once, and writes the same payloads to every
+viewer's RTP (live/media/rtpout.py). A viewer starts, and restarts after its connection dropped out,
+at a keyframe; the GOP is short (1 s) so that is never far.
 
     publisher RTP -> aiortc decoder thread -> drain task -> Relay._frames (3 at most)
-        -> encode task -> VideoEncoder (one thread per stream) -> ViewerTrack queues -> senders
+        -> encode task -> VideoEncoder (one thread per stream) -> Packetizer -> each viewer's RtpOut
 """
 
 from __future__ import annotations
@@ -231,7 +231,6 @@ class RelayStats:
     frames_skipped: int = 0  # over fps, or no viewer to encode for
     frames_dropped: int = 0  # pushed out of the pending frames while the encoder was busy
     packets_sent: int = 0
-    packets_dropped: int = 0  # thrown out of full viewer queues
     encode_seconds: float = 0.0
 
 
@@ -239,7 +238,7 @@ class Relay:
     """A stream's video path from its publisher to its viewers, in one process."""
 
     def __init__(self, stream_id: str, config: MediaConfig,
-                 on_encode: Callable[[str, float, int, int, int], None] | None = None) -> None:
+                 on_encode: Callable[[str, float, int, int], None] | None = None) -> None:
         self.stream_id = stream_id
         self.config = config
         self.stats = RelayStats()
@@ -336,11 +335,11 @@ class Relay:
                 spent = time.perf_counter() - start
                 self.stats.frames_encoded += 1
                 self.stats.encode_seconds += spent
-                sent, dropped = self._fan_out(codec, packets)
+                sent = self._fan_out(codec, packets)
                 if self._on_encode is not None:
-                    self._on_encode(codec, spent, len(packets), sent, dropped)
+                    self._on_encode(codec, spent, len(packets), sent)
 
-    def _fan_out(self, codec: str, packets: list[av.Packet]) -> tuple[int, int]:
+    def _fan_out(self, codec: str, packets: list[av.Packet]) -> int:
         """Packetize each packet once and send it to every viewer of the codec, in this loop turn."""
         sent = 0
         packetizer = self._packetizers.get(codec)
@@ -353,7 +352,7 @@ class Relay:
                 if track.deliver(frame, ntp) is Pushed.SENT:
                     sent += 1
         self.stats.packets_sent += sent
-        return sent, 0
+        return sent
 
     async def close(self) -> None:
         """Stop encoding, end every viewer's track, and join the encode thread."""
