@@ -1,6 +1,7 @@
-"""Property-based differential test of livesale.fasthttp's request parsing: generated purchase requests
-(odd bodies, odd extra headers) sent to the fast socket and to aiohttp's own socket of one app get the
-same answer (status line, headers but Date and Content-Length, body without per-order fields)."""
+"""Property-based differential tests of livesale.fasthttp's request parsing: generated purchase and bid
+requests (odd bodies, odd extra headers, odd request shapes sent in pieces) sent to the fast socket and to
+aiohttp's own socket of one app get the same answer (status line, headers but Date and Content-Length,
+body without per-order fields)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,17 @@ from hypothesis import strategies as st
 
 from tests import test_fasthttp as fh
 from tests.helpers import Api
+from tests.test_auctions import setup_auction
 from tests.test_fasthttp import Pair, exchange, normalized, purchase
 
 # One app on two sockets, and an API client on the aiohttp one (tests/test_fasthttp.py's fixtures).
 pair = fh.pair
 api = fh.api
+
+
+# Every test here: a fixed sequence of examples (derandomized), LIVESALE_FUZZ_EXAMPLES of them.
+_SETTINGS = hypothesis.settings(max_examples=int(os.environ.get("LIVESALE_FUZZ_EXAMPLES", "200")), deadline=None,
+                                database=None, derandomize=True, suppress_health_check=list(hypothesis.HealthCheck))
 
 
 def _dumps(value: Any) -> bytes:
@@ -62,8 +69,7 @@ async def test_generated_purchase_requests_get_the_same_answer_on_both_paths(pai
     seen: list[tuple[Any, Any, bytes]] = []
     served_before = pair.site.fast.served
 
-    @hypothesis.settings(max_examples=int(os.environ.get("LIVESALE_FUZZ_EXAMPLES", "200")), deadline=None, database=None, derandomize=True,
-                         suppress_health_check=list(hypothesis.HealthCheck))
+    @_SETTINGS
     @hypothesis.given(body=_BODY, extra=_EXTRA)
     def check(body: bytes, extra: bytes) -> None:
         n = next(counter)
@@ -78,6 +84,44 @@ async def test_generated_purchase_requests_get_the_same_answer_on_both_paths(pai
     assert not differing, differing[:3]
     statuses = {a[0] if isinstance(a, tuple) else a for a, _, _ in seen}
     # The generated requests reached several outcomes, orders among them, and the fast path served some.
+    assert len(statuses) > 2 and b"HTTP/1.1 201 Created" in statuses, statuses
+    assert pair.site.fast.served > served_before
+
+
+_BID_BODY = st.one_of(
+    st.integers(1000, 10**6).map(lambda v: _dumps({"max_cents": v})),
+    _JSON.map(lambda v: _dumps({"max_cents": v})),
+    _JSON.map(_dumps),
+    st.binary(max_size=40),
+)
+
+
+async def test_generated_bids_get_the_same_answer_on_both_paths(pair: Pair, api: Api) -> None:
+    """Generated bid bodies and extra headers: each bid sent by one bidder to the fast socket, then
+    retried on the aiohttp one, which must answer what the first did (200 with the same body for an
+    accepted bid; a refusal writes nothing, so the retry is refused alike)."""
+    a = await setup_auction(api)
+    counter = itertools.count()
+    loop = asyncio.get_running_loop()
+    seen: list[tuple[Any, Any, bytes]] = []
+    served_before = pair.site.fast.served
+
+    @_SETTINGS
+    @hypothesis.given(body=_BID_BODY, extra=_EXTRA)
+    def check(body: bytes, extra: bytes) -> None:
+        n = next(counter)
+        raw = (b"POST /api/auctions/%s/bids HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nIdempotency-Key: k\r\n"
+               b"%sContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+               % (a["id"].encode(), api.server.token(f"bidder{n}").encode(), extra, len(body), body))
+        first, retry = (asyncio.run_coroutine_threadsafe(_answer(srv, raw), loop).result(30) for srv in (pair.fast, pair.aio))
+        if isinstance(first, tuple) and first[0].endswith(b" 201 Created") and retry[0].endswith(b" 200 OK"):
+            retry = (first[0], *retry[1:])
+        seen.append((first, retry, extra + body))
+
+    await asyncio.to_thread(check)
+    differing = [x for x in seen if x[0] != x[1]]
+    assert not differing, differing[:3]
+    statuses = {x[0] if isinstance(x, tuple) else x for x, _, _ in seen}
     assert len(statuses) > 2 and b"HTTP/1.1 201 Created" in statuses, statuses
     assert pair.site.fast.served > served_before
 
@@ -152,35 +196,53 @@ async def _answer_in_pieces(srv: Any, raw: bytes, cuts: list[int]) -> Any:
         return resp.status_line, [(k, v) for k, v in resp.headers if k not in (b"Date", b"Content-Length")], resp.body
 
 
-async def _check_shapes(pair: Pair, path: str, body: bytes, examples: int) -> list[tuple[Any, Any, bytes]]:
+async def _check_shapes(pair: Pair, path: str, body_of: Any, same_user: bool) -> list[tuple[Any, Any, bytes]]:
+    """Send each generated shape to the fast socket, then to the aiohttp one: with its own user on each
+    (`same_user` False), or as one user's retry (True: a first 201 is then answered 200 with its body)."""
     counter = itertools.count()
     loop = asyncio.get_running_loop()
     seen: list[tuple[Any, Any, bytes]] = []
 
-    @hypothesis.settings(max_examples=examples, deadline=None, database=None, derandomize=True,
-                         suppress_health_check=list(hypothesis.HealthCheck))
+    @_SETTINGS
     @hypothesis.given(shape=_shaped())
     def check(shape: dict[str, Any]) -> None:
         n = next(counter)
         answers = []
         for srv in (pair.fast, pair.aio):
-            raw, cuts = _shaped_request(shape, path, srv.token(f"shape{n}-{srv.port}"), f"k{n}", body)
+            user = f"shape{n}" if same_user else f"shape{n}-{srv.port}"
+            raw, cuts = _shaped_request(shape, path, srv.token(user), f"k{n}", body_of(n))
             answers.append(asyncio.run_coroutine_threadsafe(_answer_in_pieces(srv, raw, cuts), loop).result(60))
-        seen.append((answers[0], answers[1], raw))
+        first, retry = answers
+        if same_user and isinstance(first, tuple) and first[0].endswith(b" 201 Created") and retry[0].endswith(b" 200 OK"):
+            retry = (first[0], *retry[1:])
+        seen.append((first, retry, raw))
 
     await asyncio.to_thread(check)
     return seen
 
 
-async def test_generated_request_shapes_get_the_same_answer_on_both_paths(pair: Pair, api: Api) -> None:
-    """Requests of many shapes, whole or in pieces, on both sockets: every pair of answers is equal, so
-    whatever the fast path takes, it frames as aiohttp does, and what it does not take reaches aiohttp."""
-    s = await api.setup_sale(stock=1_000_000, per_user_limit=100)
-    served_before, handoffs_before = pair.site.fast.served, pair.site.fast.handoffs
-    examples = int(os.environ.get("LIVESALE_FUZZ_EXAMPLES", "200"))
-    seen = await _check_shapes(pair, f"/api/sales/{s['sale_id']}/orders", b'{"quantity":1}', examples)
+def _assert_alike(pair: Pair, seen: list[tuple[Any, Any, bytes]], served_before: int, handoffs_before: int) -> None:
     differing = [x for x in seen if x[0] != x[1]]
     assert not differing, differing[:3]
     statuses = {a[0] if isinstance(a, tuple) else a for a, _, _ in seen}
     assert b"HTTP/1.1 201 Created" in statuses and b"HTTP/1.0 400 Bad Request" in statuses, statuses
     assert pair.site.fast.served > served_before and pair.site.fast.handoffs > handoffs_before
+
+
+async def test_generated_request_shapes_get_the_same_answer_on_both_paths(pair: Pair, api: Api) -> None:
+    """Purchases of many shapes, whole or in pieces, on both sockets: every pair of answers is equal, so
+    whatever the fast path takes, it frames as aiohttp does, and what it does not take reaches aiohttp."""
+    s = await api.setup_sale(stock=1_000_000, per_user_limit=100)
+    served, handoffs = pair.site.fast.served, pair.site.fast.handoffs
+    seen = await _check_shapes(pair, f"/api/sales/{s['sale_id']}/orders", lambda n: b'{"quantity":1}', False)
+    _assert_alike(pair, seen, served, handoffs)
+
+
+async def test_generated_bid_shapes_get_the_same_answer_on_both_paths(pair: Pair, api: Api) -> None:
+    """Bids of the same shapes: each sent by one bidder to the fast socket, then retried on the aiohttp
+    one, which must answer what the first did (200 with the same body for an accepted bid)."""
+    a = await setup_auction(api)
+    served, handoffs = pair.site.fast.served, pair.site.fast.handoffs
+    seen = await _check_shapes(pair, f"/api/auctions/{a['id']}/bids",
+                               lambda n: b'{"max_cents":%d}' % (2000 + 1000 * n), True)
+    _assert_alike(pair, seen, served, handoffs)
