@@ -18,6 +18,7 @@ from commerce import keys
 from commerce.auctions import AUCTIONS
 from tests import test_fasthttp as fh
 from tests.helpers import Api, LiveServer
+from tests.metrics_scrape import delta, scrape
 from tests.test_auctions import setup_auction
 from tests.test_fasthttp import Pair, Response, connect, exchange, purchase, read_response
 
@@ -177,3 +178,24 @@ async def test_a_crowd_bidding_through_both_sockets(pair: Pair, api: Api, redis_
     assert auction[b"leader"].decode() == model.leader == top_user
     assert int(auction[b"price"]) == model.price and int(auction[b"bids"]) == model.bids
     assert pair.site.fast.served - before == 400  # the fast socket's half, and their retries
+
+
+async def test_bids_on_both_paths_move_the_same_series(pair: Pair, api: Api) -> None:
+    """A bid answered on the fast path counts in the HTTP series aiohttp's route counts in, by the
+    route's template and status."""
+    a = await setup_auction(api)
+    route = "/api/auctions/{id}/bids"
+    deltas = []
+    for n, srv in enumerate((pair.fast, pair.aio)):
+        before = await scrape(api.session, api.server.url)
+        for raw in (bid(a["id"], srv.token(f"m{n}"), "k", max_cents=100_000 * (n + 1)),  # 201
+                    bid(a["id"], None, "k"),  # 401
+                    bid(a["id"], srv.token(f"m{n}"), "k2", max_cents=500)):  # 409
+            await exchange(srv, raw)
+        after = await scrape(api.session, api.server.url)
+        deltas.append({
+            **{st: delta(before, after, "livesale_http_requests_total", route=route, method="POST", status=st)
+               for st in ("201", "401", "409")},
+            "observed": delta(before, after, "livesale_http_request_duration_seconds_count", route=route, method="POST"),
+        })
+    assert deltas[0] == deltas[1] == {"201": 1, "401": 1, "409": 1, "observed": 3}, deltas
