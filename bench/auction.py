@@ -1,19 +1,22 @@
 """Auction bid benchmark (issue 14): a bounded spike of bids over HTTP, ours against a plain handler.
 
   plain   aiohttp + PyJWT + one EVALSHA of our bid.lua per request (bench/refservers.py `plain-bid`)
-  ours    the real `livesale serve` (bids of one loop turn share one script call, orjson, uvloop)
+  ours    the real `livesale serve` (bids on its lean HTTP path, bids of one loop turn share one script
+          call, orjson, uvloop)
+  ours @ REF  with --baseline REF: `livesale serve` of that commit, for a before/after in one run
 
 Each phase gets a fresh auction (an hour long, so no bid closes it); wrk (bench/inventory.lua in its
 `bid` mode) sends exactly --attempts bids by --users distinct users, amounts rising, over
 --connections connections. The server runs alone on core 0, wrk and Redis on core 1, as in
 bench/inventory.py, whose helpers this reuses. Rounds interleave; the summary takes medians and
-prints ours/plain ratios measured in the same run.
+prints ours/plain ratios measured in the same run, of bids/s and of server CPU per bid (what a core of
+its own would give: on a shared machine the servers also wait for the core and the disk).
 
 After each phase Redis is read directly: every 201 answer has its idempotency record (plus at most one
 per connection for the bids in flight when wrk stopped counting), and the auction's accepted-bid
 counter equals the records of accepted (not raised) bids.
 
-Run: `python bench/auction.py [--rounds 3 --attempts 20000 --connections 50]`.
+Run: `python bench/auction.py [--rounds 3 --attempts 20000 --connections 50 --baseline main]`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from inventory import (  # type: ignore[import-not-found]  # bench/ is on sys.pa
     SERVER_CORE,
     Result,
     Server,
+    baseline_checkout,
+    baseline_server,
     call,
     cpu_seconds,
     create_show,
@@ -78,6 +83,8 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--baseline", metavar="GIT_REF",
+                   help="also run `livesale serve` from this commit (phase `baseline`): before/after in one run")
     args = p.parse_args()
     wrk = ensure_wrk()
     cores = os.sched_getaffinity(0)
@@ -96,20 +103,25 @@ def main() -> int:
         env = dict(os.environ, REDIS_URL=redis_srv.url, LIVESALE_SECRET=secret, LIVESALE_DATA=str(tmp / "data"),
                    DATABASE_URL=f"sqlite+aiosqlite:///{tmp / 'livesale.db'}", PYTHONPATH=str(ROOT))
 
+        baseline = baseline_checkout(args.baseline, tmp) if args.baseline else None
+
         def make(name: str) -> Server:
             port = free_port()
+            if name == "baseline":
+                assert baseline is not None
+                return baseline_server(baseline, env, server_core, port)
             if name == "plain":
                 cmd = [sys.executable, str(HERE / "refservers.py"), "plain-bid", "--port", str(port),
-                       "--redis", redis_srv.url, "--secret", secret]
+                       "--redis", redis_srv.url, f"--secret={secret}"]
                 return Server(name, pinned(server_core, cmd), env, "/healthz", port)
             cmd = [sys.executable, "-m", "live.cli", "serve", "--port", str(port)]
             return Server(name, pinned(server_core, cmd), env, "/readyz", port)
 
         setup = make("ours").start()
         servers.append(setup)
-        ids = iter(create_auctions(setup.url, secret, 2 * args.rounds))
+        results: dict[str, list[Result]] = {"plain": [], "ours": [], **({"baseline": []} if baseline else {})}
+        ids = iter(create_auctions(setup.url, secret, len(results) * args.rounds))
         setup.stop()
-        results: dict[str, list[Result]] = {"plain": [], "ours": []}
         bad = 0
         for rnd in range(args.rounds):
             for ph in results:
@@ -134,13 +146,18 @@ def main() -> int:
                 results[ph].append(res)
                 log(f"round {rnd + 1} {ph}: {res.rate:,.0f} bids/s, p50 {res.p50_ms:.1f} ms, p99 {res.p99_ms:.1f} ms, "
                     f"CPU server {res.server_cpu:.2f} redis {res.redis_cpu:.2f}, statuses {dict(sorted(res.statuses.items()))}, checks {res.checks}")
-        med = {ph: (statistics.median(x.rate for x in rs), statistics.median(x.p99_ms for x in rs))
-               for ph, rs in results.items()}
+        med = {ph: (statistics.median(x.rate for x in rs), statistics.median(x.p99_ms for x in rs),
+                    statistics.median(x.cpu_us for x in rs)) for ph, rs in results.items()}
         print(f"auction bids: {args.attempts} attempts by {args.users} users over {args.connections} connections, "
               f"{args.rounds} interleaved rounds (medians){'' if pin else ' (NOT pinned: 1 core)'}")
-        for ph, (rate, p99) in med.items():
-            print(f"  {ph:6s} {rate:10,.0f} bids/s   p99 {p99:6.1f} ms")
-        print(f"  ours/plain: {med['ours'][0] / med['plain'][0]:.2f}x bids/s")
+        names = {"baseline": f"ours @ {args.baseline}"}
+        for ph, (rate, p99, cpu_us) in med.items():
+            print(f"  {names.get(ph, ph):14s} {rate:10,.0f} bids/s   p99 {p99:6.1f} ms   server CPU {cpu_us:5.1f} us/bid")
+        # On a shared machine the servers wait for the core or the disk: the CPU ratios leave that out.
+        for ref in ("plain", "baseline"):
+            if ref in med:
+                print(f"  ours/{names.get(ref, ref)}: {med['ours'][0] / med[ref][0]:.2f}x bids/s; "
+                      f"per server CPU second: {med[ref][2] / med['ours'][2]:.2f}x")
         return 1 if bad else 0
     finally:
         for srv in servers:

@@ -161,6 +161,22 @@ class Server:
 
 # --- the API, for setting up sales -----------------------------------------------------------------
 
+def baseline_checkout(ref: str, tmp: Path) -> Path:
+    """The tree of commit `ref` under tmp/baseline (git archive): the old code for a before/after run."""
+    dest = tmp / "baseline"
+    dest.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
+
+
+def baseline_server(src: Path, env: dict[str, str], core: int | None, port: int) -> Server:
+    """`livesale serve` of the code in `src`: first on sys.path (cwd for -m, then PYTHONPATH); same venv
+    otherwise."""
+    cmd = [sys.executable, "-m", "live.cli", "serve", "--port", str(port)]
+    return Server("baseline", pinned(core, cmd), dict(env, PYTHONPATH=str(src)), "/readyz", port, cwd=str(src))
+
+
 def call(base: str, method: str, path: str, token: str, body: Any = None) -> Any:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(base + path, data=data, method=method, headers={
@@ -359,21 +375,16 @@ def main() -> int:
         env = dict(os.environ, REDIS_URL=redis_srv.url, LIVESALE_SECRET=secret, LIVESALE_DATA=str(tmp / "data"),
                    DATABASE_URL=f"sqlite+aiosqlite:///{db}", PYTHONPATH=str(ROOT))
 
-        if args.baseline:
-            (tmp / "baseline").mkdir()
-            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline], capture_output=True, check=True)
-            subprocess.run(["tar", "-x", "-C", str(tmp / "baseline")], input=archive.stdout, check=True)
+        baseline = baseline_checkout(args.baseline, tmp) if args.baseline else None
 
         def make(name: str) -> Server:
             port = free_port()
             if name == "baseline":
-                # The old code first on sys.path (cwd for -m, then PYTHONPATH); same venv otherwise.
-                cmd = [python, "-m", "live.cli", "serve", "--port", str(port)]
-                base_env = dict(env, PYTHONPATH=str(tmp / "baseline"))
-                return Server(name, pinned(server_core, cmd), base_env, "/readyz", port, cwd=str(tmp / "baseline"))
+                assert baseline is not None
+                return baseline_server(baseline, env, server_core, port)
             if name in ("ceiling", "plain"):
                 cmd = [python, str(HERE / "refservers.py"), name, "--port", str(port),
-                       "--redis", redis_srv.url, "--secret", secret]
+                       "--redis", redis_srv.url, f"--secret={secret}"]
                 return Server(name, pinned(server_core, cmd), env, "/healthz", port)
             if name in variants:
                 cmd = [python, "-m", "live.cli", "serve", "--port", str(port)]

@@ -12,10 +12,11 @@ A leader's maximum is read only inside the scripts: it is never returned, publis
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -163,11 +164,24 @@ class Closed:
     announced: bool = False
 
 
-class _Bid:
-    __slots__ = ("fut", "key", "max", "user")
+# Told one bid's outcome: its bid.lua reply, or the exception that stands for it.
+BidDone = Callable[[Any], None]
 
-    def __init__(self, user: str, key: str, max_: int, fut: asyncio.Future[list[Any]]) -> None:
-        self.user, self.key, self.max, self.fut = user, key, max_, fut
+
+class _Bid:
+    __slots__ = ("done", "key", "max", "user")
+
+    def __init__(self, user: str, key: str, max_: int, done: BidDone) -> None:
+        self.user, self.key, self.max, self.done = user, key, max_, done
+
+
+def _settle(fut: asyncio.Future[list[Any]], outcome: Any) -> None:
+    if fut.done():  # its bidder went away
+        return
+    if isinstance(outcome, BaseException):
+        fut.set_exception(outcome)
+    else:
+        fut.set_result(outcome)
 
 
 class Auctions:
@@ -183,6 +197,10 @@ class Auctions:
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- lookups -------------------------------------------------------------------------------
+
+    def cached(self, auction_id: str) -> AuctionInfo | None:
+        """The auction's AuctionInfo if this process has looked it up before (it never changes)."""
+        return self._info.get(auction_id)
 
     async def info(self, auction_id: str) -> AuctionInfo:
         info = self._info.get(auction_id)
@@ -263,15 +281,19 @@ class Auctions:
     async def bid(self, auction_id: str, user: str, key: str, amount: int) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body) of one bid; refusals raise."""
         info = await self.info(auction_id)
+        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self.submit(info, user, key, amount, functools.partial(_settle, fut))
+        return answer(await fut)
+
+    def submit(self, info: AuctionInfo, user: str, key: str, amount: int, done: BidDone) -> None:
+        """Queue one bid for the next script call; `done` is told its bid.lua reply (or the exception
+        standing for it) from the batch's result loop. The host's own bid raises Forbidden at once."""
         if user == info.host:
             raise Forbidden("the stream's host may not bid on its auctions")
-        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(auction_id, (info, []))[1].append(_Bid(user, key, amount, fut))
+        self._pending.setdefault(info.id, (info, []))[1].append(_Bid(user, key, amount, done))
         if not self._scheduled and self._in_flight < self._max_in_flight:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
-        r = await fut
-        return answer(r)
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -298,8 +320,7 @@ class Auctions:
         except BaseException:  # cancelled (shutdown): never leave a bidder waiting forever
             for _, bids in calls:
                 for b in bids:
-                    if not b.fut.done():
-                        b.fut.set_exception(Unavailable("the server is stopping"))
+                    b.done(Unavailable("the server is stopping"))
             raise
         for (info, bids), res in zip(calls, results, strict=True):
             outcome: Any = res
@@ -312,12 +333,7 @@ class Auctions:
             elif not isinstance(res, BaseException) and len(res) != len(bids):
                 outcome = RuntimeError(f"{len(res)} replies for {len(bids)} bids")
             for i, b in enumerate(bids):
-                if b.fut.done():
-                    continue
-                if isinstance(outcome, BaseException):
-                    b.fut.set_exception(outcome)
-                else:
-                    b.fut.set_result(outcome[i])
+                b.done(outcome if isinstance(outcome, BaseException) else outcome[i])
 
     async def _call(self, info: AuctionInfo, bids: list[_Bid]) -> Any:
         args: list[object] = [*info.args(self.svc, None), len(bids)]

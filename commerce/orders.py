@@ -166,7 +166,7 @@ def fast_reserve(app: web.Application, sale_id: str, authorization: str | None, 
     info = com.cached_sale(sale_id)
     if info is None:  # this process' first purchase of the sale: look it up first
         task = asyncio.ensure_future(_purchase(com, sale_id, user.id, key, qty))
-        task.add_done_callback(functools.partial(_reply_from, reply))
+        task.add_done_callback(functools.partial(reply_from, reply))
         return
     started = time.perf_counter()
 
@@ -184,7 +184,7 @@ def fast_reserve(app: web.Application, sale_id: str, authorization: str | None, 
     com.reserver.submit(sale_id, user.id, key, qty, outcome)
 
 
-def _reply_from(reply: Callable[[tuple[int, bytes] | BaseException], None],
+def reply_from(reply: Callable[[tuple[int, bytes] | BaseException], None],
                 task: asyncio.Future[tuple[int, bytes]]) -> None:
     reply(asyncio.CancelledError() if task.cancelled() else task.exception() or task.result())
 

@@ -86,7 +86,9 @@ def make_site(runner: web.AppRunner, settings: Settings, *, port: int | None = N
     connection cap (docs/limits.md)."""
     port = settings.port if port is None else port
     if settings.fast_path:
-        return FastSite(runner, settings.host, port, commerce.orders.fast_reserve, reuse_port=reuse_port)
+        routes = {"/api/sales/{id}/orders": commerce.orders.fast_reserve,
+                  "/api/auctions/{id}/bids": commerce.api.fast_bid}
+        return FastSite(runner, settings.host, port, routes, reuse_port=reuse_port)
     return GatedSite(runner, settings.host, port, reuse_port=reuse_port)
 
 

@@ -1,27 +1,29 @@
-"""A lean HTTP/1.1 path for the purchase route, in front of aiohttp on the same socket.
+"""A lean HTTP/1.1 path for the hot POST routes, in front of aiohttp on the same socket.
 
-A flash sale is tens of thousands of `POST /api/sales/{id}/orders` in a few seconds. aiohttp's
-per-request machinery (request and response objects, header multidicts, a task, the router, the
-response writer) costs ~26 us of CPU per request on the bench machine, more than our whole purchase
-logic. So each new connection starts on `FastProtocol`, which serves purchase requests itself and
-hands the connection to aiohttp, for good, at the first request that is anything else.
+A flash sale is tens of thousands of `POST /api/sales/{id}/orders` in a few seconds, an auction's last
+seconds thousands of `POST /api/auctions/{id}/bids`. aiohttp's per-request machinery (request and
+response objects, header multidicts, a task, the router, the response writer) costs ~26 us of CPU per
+request on the bench machine, more than our whole purchase logic. So each new connection starts on
+`FastProtocol`, which serves those routes itself and hands the connection to aiohttp, for good, at the
+first request that is anything else.
 
-It takes only a strict subset of HTTP/1.1, and hands everything outside it to aiohttp untouched: the
-request line must be exactly `POST /api/sales/<id>/orders HTTP/1.1` (`<id>` of letters, digits, `_` and
-`-`, no query), every line must end in CRLF, header names must be tokens and values free of control
-characters, there must be a `Host` and exactly one `Content-Length` (digits only, at most the app's body
-limit), no header twice, and no `Transfer-Encoding`, `Content-Encoding`, `Expect`, `Upgrade` or
-`Proxy-Connection`; the head must be within aiohttp's parser limits (`MAX_HEAD`, `MAX_HEADERS`).
-Requests aiohttp's parser refuses (no Host in HTTP/1.1, a repeated Host or Content-Type, too many or too
-long headers) are thus aiohttp's to refuse. A request in that subset has one framing under any HTTP
-parser (head up to the blank line, then Content-Length bytes), so the hand-off happens at a request
-boundary that aiohttp's parser sees the same way: it then parses the handed-over bytes from that request
-on. Requests on a connection are answered one at a time, in order; a pipelined request waits in the
-buffer, as under aiohttp.
+Requests are parsed by httptools (llhttp, the parser aiohttp's own C parser is built on, strict as
+aiohttp runs it for requests). The fast path takes only a subset of what it accepts, and hands
+everything else to aiohttp untouched: method POST, HTTP/1.1, a target exactly one of the routes'
+paths (`<id>` of letters, digits, `_` and `-`, no query), a `Host` and exactly one `Content-Length`
+(digits only, at most the app's body limit), no header twice, and no `Transfer-Encoding`,
+`Content-Encoding`, `Expect`, `Upgrade`, `Proxy-Connection` or `Connection: upgrade`; the head must
+end in the first CRLF CRLF and be within aiohttp's parser limits (`MAX_HEAD`, `MAX_HEADERS`).
+Anything llhttp refuses, and the requests aiohttp refuses beyond it (no Host in HTTP/1.1, a repeated
+Host or Content-Type, too many or too long headers), are thus aiohttp's to refuse. A request in that
+subset has one framing under any HTTP parser (head up to the blank line, then Content-Length bytes),
+so the hand-off happens at a request boundary that aiohttp's parser sees the same way: it then parses
+the handed-over bytes from that request on. Requests on a connection are answered one at a time, in
+order; a pipelined request waits in the buffer, as under aiohttp.
 
 The answers carry the same status line and headers aiohttp writes (Content-Type, Content-Length,
 Date, Server, and Connection: close when asked to close), and the same bodies: both paths call one
-handler and map errors through `livesale.web.error_answer`. tests/test_fasthttp.py checks the two
+handler and map errors through `livesale.web.error_answer`. tests/test_fasthttp*.py check the two
 paths answer byte-for-byte alike (but the Date), the hand-off, pipelining and partial reads.
 """
 
@@ -32,11 +34,12 @@ import contextlib
 import inspect
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
+import httptools
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web_protocol import RequestHandler
@@ -45,27 +48,19 @@ from livesale.limits import ConnectionGate, GatedSite
 from livesale.web import MAX_BODY, error_answer, http_series
 from monitoring import metrics as m
 
-# The outcome of a purchase: (status, JSON body), or the exception that refused it (answered through
+# The outcome of a request: (status, JSON body), or the exception that refused it (answered through
 # livesale.web.error_answer).
 Reply = Callable[["tuple[int, bytes] | BaseException"], None]
-# (app, sale id, Authorization, Idempotency-Key, body, reply): calls `reply` once, later; may raise at
-# once instead (a refusal made before any waiting).
-PurchaseHandler = Callable[[web.Application, str, "str | None", "str | None", bytes, Reply], None]
+# (app, the path's id, Authorization, Idempotency-Key, body, reply): calls `reply` once, later; may
+# raise at once instead (a refusal made before any waiting).
+FastHandler = Callable[[web.Application, str, "str | None", "str | None", bytes, Reply], None]
 
-ROUTE = "/api/sales/{id}/orders"
-_PREFIX = b"POST /api/sales/"
-_REQUEST_LINE = re.compile(rb"POST /api/sales/([A-Za-z0-9_-]{1,64})/orders HTTP/1\.1\r\n")
-# One whole header line: a token, a colon, a value of visible characters, spaces, tabs and obs-text,
-# CRLF; nothing else (no bare CR or LF, no NUL or other controls, no obs-fold). `_next` checks that it
-# matched every line of the head. (A lazy value with its trailing whitespace outside the group costs
-# 8 us per head on a long token: trailing whitespace is stripped from the values we use instead.) The
-# leading whitespace is possessive (`*+`): were it given back to the value, a long run of it before a
-# control character would cost quadratic backtracking, blocking the loop for seconds.
-_HEADER = re.compile(rb"(?m)^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*+([\t\x20-\x7e\x80-\xff]*)\r\n")
+_ID = rb"([A-Za-z0-9_-]{1,64})"
 # (aiohttp refuses Sec-WebSocket-Key1, of the old WebSocket handshake, with a 400; it decompresses a
 # body by its Content-Encoding, or fails on it; llhttp reads Proxy-Connection as Connection.)
 _NO_FAST = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"sec-websocket-key1", b"content-encoding",
                       b"proxy-connection"))
+_PARSE_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 # aiohttp's request parser limits (RequestHandler's defaults, which live.cli keeps): a header line
 # longer than max_field_size, or more than max_headers of them, is a 400. A head within MAX_HEAD
 # holds no line over the limit.
@@ -110,14 +105,38 @@ def _aiohttp_keepalive(server: web.Server) -> float:
     return float(kwargs.get("keepalive_timeout", default))
 
 
-class FastServer:
-    """The protocol factory of a listening socket: new connections start on `FastProtocol`."""
+class FastRoute:
+    """One route the fast path serves: its template (`/api/sales/{id}/orders`, the metrics' label),
+    the pattern of its paths and its handler."""
 
-    def __init__(self, app: web.Application, aiohttp_server: web.Server, handler: PurchaseHandler,
+    __slots__ = ("template", "path", "handler", "series")
+
+    def __init__(self, template: str, handler: FastHandler) -> None:
+        head, sep, tail = template.partition("{id}")
+        assert sep and "{" not in tail, template
+        self.template = template
+        self.path = re.compile(re.escape(head.encode()) + _ID + re.escape(tail.encode()))
+        self.handler = handler
+        # status -> the series livesale.web.guarded records for this route on aiohttp
+        self.series: dict[int, tuple[m.DeferredCounter, m.DeferredHistogram]] = {}
+
+    def record(self, status: int, seconds: float) -> None:
+        pair = self.series.get(status)
+        if pair is None:
+            pair = self.series[status] = http_series(self.template, "POST", status)
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+
+class FastServer:
+    """The protocol factory of a listening socket: new connections start on `FastProtocol`, which
+    serves `routes` (template -> handler: all POST, each with one `{id}`)."""
+
+    def __init__(self, app: web.Application, aiohttp_server: web.Server, routes: Mapping[str, FastHandler],
                  keepalive_timeout: float | None = None, header_timeout: float | None = None) -> None:
         self.app = app
         self.aiohttp_server = aiohttp_server  # its __call__ makes aiohttp's protocol for a connection
-        self.handler = handler
+        self.routes = tuple(FastRoute(t, h) for t, h in routes.items())
         if keepalive_timeout is None:  # the one aiohttp's connections on this server get
             keepalive_timeout = _aiohttp_keepalive(aiohttp_server)
         self.keepalive_timeout = keepalive_timeout
@@ -134,7 +153,6 @@ class FastServer:
         self.served = 0  # requests answered on the fast path
         self.handoffs = 0  # connections handed to aiohttp
         self._drained = asyncio.Event()  # set when closing and the last connection is gone
-        self._series: dict[int, tuple[m.DeferredCounter, m.DeferredHistogram]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
 
     def __call__(self) -> FastProtocol:
@@ -165,13 +183,6 @@ class FastServer:
                 conn.close()
         self._sweeper = loop.call_later(period, self._sweep)
 
-    def record(self, status: int, seconds: float) -> None:
-        pair = self._series.get(status)
-        if pair is None:  # the series livesale.web.guarded records for this route on aiohttp
-            pair = self._series[status] = http_series(ROUTE, "POST", status)
-        pair[0].inc()
-        pair[1].observe(seconds)
-
     def forget(self, conn: FastProtocol) -> None:
         self.connections.discard(conn)
         if self.closing and not self.connections:
@@ -194,10 +205,12 @@ class FastServer:
 
 
 class FastProtocol(asyncio.Protocol):
-    """One connection, while it only carries purchase requests in the fast subset (module docstring)."""
+    """One connection, while it only carries requests in the fast subset (module docstring). It is
+    also the httptools parser's callback object (`on_url` ... `on_message_complete`)."""
 
     __slots__ = ("server", "transport", "buf", "busy", "started", "close_after", "last_active",
-                 "write_paused", "read_paused", "eof", "handing_off", "head_since")
+                 "write_paused", "read_paused", "eof", "handing_off", "head_since", "parser", "fed", "url",
+                 "fields", "head_done", "message_done", "keep_alive", "length", "route", "path", "auth", "key")
 
     def __init__(self, server: FastServer) -> None:
         self.server = server
@@ -212,6 +225,21 @@ class FastProtocol(asyncio.Protocol):
         self.eof = False
         self.handing_off = False
         self.head_since = 0.0  # server.clock when the request at the buffer's start began to arrive
+        # The request at the buffer's start, as the parser has seen it: `fed` bytes of it fed so far
+        # (its head, then its body when all here), and what its callbacks told.
+        self.parser = httptools.HttpRequestParser(self)
+        self.fed = 0
+        self.url = b""
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.head_done = False
+        self.message_done = False
+        self.keep_alive = True
+        # Once its head is taken: its body's length (-1 before), route, id, Authorization, Idempotency-Key.
+        self.length = -1
+        self.route: FastRoute | None = None
+        self.path = ""
+        self.auth: str | None = None
+        self.key: str | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -260,6 +288,21 @@ class FastProtocol(asyncio.Protocol):
             self.transport.close()
             self.transport = None
 
+    # --- httptools callbacks (within `parser.feed_data`) -------------------------------------------
+
+    def on_url(self, part: bytes) -> None:
+        self.url += part  # in parts when it spans reads
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+        self.keep_alive = self.parser.should_keep_alive()  # read here: reset once the message is done
+
+    def on_message_complete(self) -> None:
+        self.message_done = True
+
     def _next(self) -> None:
         """Start on the next complete request in the buffer, or hand the connection to aiohttp."""
         buf = self.buf
@@ -270,64 +313,101 @@ class FastProtocol(asyncio.Protocol):
         if self.server.closing:
             self.close()
             return
-        if not buf.startswith(_PREFIX[: len(buf)]):
-            return self._hand_off()
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buf) > MAX_HEAD or (len(buf) > len(_PREFIX) and b"\n" in buf.replace(b"\r\n", b"")):
-                return self._hand_off()
-            return self._more()  # the head is not all here yet
-        line = _REQUEST_LINE.match(buf)
-        if line is None:
-            return self._hand_off()
-        start, stop = line.end(), end + 2
-        lines = buf.count(b"\r\n", start, stop)
-        if end > MAX_HEAD or lines > MAX_HEADERS:
-            return self._hand_off()
-        fields = _HEADER.findall(buf, start, stop)
-        if len(fields) != lines or buf.count(b"\n", start, stop) != lines or buf.count(b"\r", start, stop) != lines:
-            return self._hand_off()  # a line that is not a plain `name: value`
-        length = auth = key = None
-        close = False
-        seen: set[bytes] = set()
-        for name, value in fields:
-            name = name.lower()
-            if name in seen:
-                return self._hand_off()  # aiohttp refuses a second Host, Content-Type, User-Agent, ...
-            seen.add(name)
-            if name == b"content-length":
-                value = value.rstrip(b" \t")
-                if not value.isdigit() or len(value) > 9:
-                    return self._hand_off()
-                length = int(value)
-            elif name == b"authorization":
-                auth = value.rstrip(b" \t").decode("utf-8", "surrogateescape")  # as aiohttp decodes headers
-            elif name == b"idempotency-key":
-                key = value.rstrip(b" \t").decode("utf-8", "surrogateescape")
-            elif name == b"connection":
-                tokens = {t.strip(b" \t") for t in value.lower().split(b",")}
-                if b"upgrade" in tokens:
-                    return self._hand_off()
-                close = b"close" in tokens
-            elif name in _NO_FAST:
-                return self._hand_off()
-        if length is None or length > MAX_BODY or b"host" not in seen:
-            return self._hand_off()
-        body_at = end + 4
+        if self.length < 0 and not self._head(buf):
+            return  # handed off, or waiting for the rest of the head
+        body_at, length = self.fed, self.length
         if len(buf) < body_at + length:
             return self._more()  # the body is not all here yet
         body = buf[body_at : body_at + length]
+        if length:
+            try:
+                self.parser.feed_data(body)
+            except _PARSE_ERRORS:
+                return self._hand_off()
+        if not self.message_done:  # llhttp ends it elsewhere: not ours to frame
+            return self._hand_off()
+        route = self.route
+        assert route is not None
         self.buf = buf[body_at + length :]
-        self.close_after = close
+        self.close_after = not self.keep_alive
         self.started = time.perf_counter()
         self.busy = True
         self.head_since = 0.0
+        path, auth, key = self.path, self.auth, self.key
+        self.fed, self.url, self.fields, self.head_done, self.message_done, self.length = 0, b"", [], False, False, -1
         try:
-            self.server.handler(self.server.app, line.group(1).decode(), auth, key, body, self._answered)
+            route.handler(self.server.app, path, auth, key, body, self._answered)
         except Exception as exc:  # noqa: BLE001 - a refusal made before any waiting
             # Answered on the next loop turn, not from inside this call: a pipeline of refusals would
             # otherwise recurse through _answered -> _next once per request.
             asyncio.get_running_loop().call_soon(self._answered, exc)
+
+    def _head(self, buf: bytes) -> bool:
+        """Feed the parser what has arrived of the request's head; True once all of it is in and the
+        request is in the fast subset (its route and fields taken), else hand off or wait."""
+        fed = self.fed
+        if not fed and not buf.startswith(b"POST /"[: len(buf)]):
+            self._hand_off()
+            return False
+        end = buf.find(b"\r\n\r\n", fed - 3 if fed > 3 else 0)
+        stop = len(buf) if end < 0 else end + 4
+        if stop > MAX_HEAD + 4:  # past aiohttp's line limits, or a head it has yet to find the end of
+            self._hand_off()
+            return False
+        try:
+            self.parser.feed_data(buf if not fed and stop == len(buf) else buf[fed:stop])
+        except _PARSE_ERRORS:
+            self._hand_off()
+            return False
+        self.fed = stop
+        if end < 0:
+            if self.head_done:  # llhttp ended the head before a CRLF CRLF
+                self._hand_off()
+            else:
+                self._more()  # the head is not all here yet
+            return False
+        if not self.head_done or self._take_head():
+            self._hand_off()
+            return False
+        return True
+
+    def _take_head(self) -> bool:
+        """Take the parsed head's route and fields; True if the request is outside the fast subset."""
+        fields = self.fields
+        if len(fields) > MAX_HEADERS or self.parser.get_method() != b"POST" or self.parser.get_http_version() != "1.1":
+            return True
+        for route in self.server.routes:
+            match = route.path.fullmatch(self.url)
+            if match is not None:
+                break
+        else:
+            return True
+        length = auth = key = None
+        seen: set[bytes] = set()
+        for name, value in fields:
+            name = name.lower()
+            if name in seen:
+                return True  # aiohttp refuses a second Host, Content-Type, User-Agent, ...
+            seen.add(name)
+            if name == b"content-length":
+                value = value.rstrip(b" \t")
+                if not value.isdigit() or len(value) > 9:
+                    return True
+                length = int(value)
+            elif name == b"authorization":
+                # Trailing whitespace stripped and decoded as aiohttp does.
+                auth = value.rstrip(b" \t").decode("utf-8", "surrogateescape")
+            elif name == b"idempotency-key":
+                key = value.rstrip(b" \t").decode("utf-8", "surrogateescape")
+            elif name == b"connection":
+                if b"upgrade" in value.lower():
+                    return True
+            elif name in _NO_FAST:
+                return True
+        if length is None or length > MAX_BODY or b"host" not in seen or self.message_done != (length == 0):
+            return True
+        self.length, self.route, self.path, self.auth, self.key = length, route, match.group(1).decode(), auth, key
+        return False
 
     def _more(self) -> None:
         """Wait for the rest of the request at the start of the buffer (for up to the header timeout
@@ -346,8 +426,10 @@ class FastProtocol(asyncio.Protocol):
         if isinstance(outcome, asyncio.CancelledError):
             self.close()
             return
+        route = self.route
+        assert route is not None
         if isinstance(outcome, Exception):
-            status, body, headers = error_answer(outcome, "POST", ROUTE)
+            status, body, headers = error_answer(outcome, "POST", route.template)
         elif isinstance(outcome, BaseException):
             self.close()
             raise outcome
@@ -356,7 +438,7 @@ class FastProtocol(asyncio.Protocol):
         server = self.server
         server.served += 1
         if m.ENABLED:
-            server.record(status, time.perf_counter() - self.started)
+            route.record(status, time.perf_counter() - self.started)
         transport = self.transport
         if transport is None:
             return
@@ -406,10 +488,11 @@ class FastSite(GatedSite):
     """aiohttp's TCP site whose connections start on the fast path (`FastServer`), accepted under the
     connection cap (livesale.limits.GatedSite)."""
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int, handler: PurchaseHandler, **kwargs: Any) -> None:
+    def __init__(self, runner: web.AppRunner, host: str, port: int, routes: Mapping[str, FastHandler],
+                 **kwargs: Any) -> None:
         super().__init__(runner, host, port, **kwargs)
         assert runner.server is not None
-        self.fast = FastServer(runner.app, runner.server, handler)
+        self.fast = FastServer(runner.app, runner.server, routes)
 
     def factory(self) -> Callable[[], asyncio.Protocol]:
         return self.fast

@@ -27,6 +27,7 @@ from livesale.embedded_redis import free_port
 from livesale.fasthttp import FastSite
 from livesale.web import MAX_BODY
 from tests.helpers import Api, LiveServer, app_runner
+from tests.test_auctions import setup_auction
 
 
 @dataclass
@@ -197,9 +198,15 @@ async def test_pipelined_requests_answer_in_order(pair: Pair, api: Api) -> None:
     assert all(a.status == 201 for a in answers)
 
 
-async def test_a_byte_at_a_time(pair: Pair, api: Api) -> None:
-    s = await api.setup_sale(stock=5)
-    raw = purchase(s["sale_id"], pair.fast.token("slow"), "k1")
+@pytest.mark.parametrize("route", ["purchase", "bid"])
+async def test_a_byte_at_a_time(pair: Pair, api: Api, route: str) -> None:
+    if route == "purchase":
+        s = await api.setup_sale(stock=5)
+        raw = purchase(s["sale_id"], pair.fast.token("slow"), "k1")
+    else:
+        a = await setup_auction(api)
+        raw = purchase(a["id"], pair.fast.token("slow"), "k1", b'{"max_cents":2000}').replace(
+            b"/api/sales/%s/orders" % a["id"].encode(), b"/api/auctions/%s/bids" % a["id"].encode())
     before = pair.site.fast.served
     async with connect(pair.fast) as (reader, writer):
         for i in range(len(raw)):
