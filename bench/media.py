@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,9 +141,12 @@ async def post_offer(http: aiohttp.ClientSession, url: str, pc: RTCPeerConnectio
     await pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
 
 
-async def wait_connected(pcs: list[RTCPeerConnection], timeout: float = 60.0) -> None:  # noqa: ASYNC109
+async def wait_connected(pcs: list[RTCPeerConnection], timeout: float = 60.0,  # noqa: ASYNC109
+                         proc: asyncio.subprocess.Process | None = None) -> None:
     deadline = time.monotonic() + timeout
     while any(pc.connectionState != "connected" for pc in pcs):
+        if proc is not None and proc.returncode is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
         if time.monotonic() > deadline:
             states = [pc.connectionState for pc in pcs]
             raise RuntimeError(f"peers not connected: {states.count('connected')}/{len(states)}")
@@ -200,12 +204,14 @@ class Step:
 async def run_server(name: str, cmd: list[str], core: int, env: dict[str, str], port: int, steps: list[int],
                      window: float, settle: float, packets: list[bytes], livesale: bool) -> list[Step]:
     base = f"http://127.0.0.1:{port}"
+    # The server's stderr goes to a file (a pipe nobody reads would fill and block it).
+    errors = tempfile.TemporaryFile()
     proc = await asyncio.create_subprocess_exec(*cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                                stderr=subprocess.PIPE)
+                                                stderr=errors)
     pcs: list[RTCPeerConnection] = []
     results: list[Step] = []
     try:
-        await wait_ready(base, proc)
+        await wait_ready(base, proc, errors)
         async with aiohttp.ClientSession() as http:
             sid, host = "bench", None
             if livesale:
@@ -222,6 +228,8 @@ async def run_server(name: str, cmd: list[str], core: int, env: dict[str, str], 
             await asyncio.sleep(1.0)
             receivers: list[RTCRtpReceiver] = []
             for target in steps:
+                if proc.returncode is not None:
+                    raise RuntimeError(f"server exited: {tail(errors)}")
                 new: list[RTCPeerConnection] = []
                 while len(receivers) < target:
                     batch = min(10, target - len(receivers))
@@ -233,7 +241,7 @@ async def run_server(name: str, cmd: list[str], core: int, env: dict[str, str], 
                     pcs += made
                     new += made
                     receivers += [t.receiver for t in ts]
-                await wait_connected(new)
+                await wait_connected(new, proc=proc)
                 await asyncio.sleep(settle)
                 step = await measure(proc.pid, core, base, receivers, window, livesale, source)
                 if not step.held:  # once more: on a shared machine one window can lose the core
@@ -258,13 +266,17 @@ async def run_server(name: str, cmd: list[str], core: int, env: dict[str, str], 
     return results
 
 
-async def wait_ready(base: str, proc: asyncio.subprocess.Process) -> None:
+def tail(errors: typing.IO[bytes]) -> str:
+    errors.seek(0)
+    return errors.read().decode(errors="replace")[-3000:]
+
+
+async def wait_ready(base: str, proc: asyncio.subprocess.Process, errors: typing.IO[bytes]) -> None:
     deadline = time.monotonic() + 30
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
             if proc.returncode is not None:
-                err = await proc.stderr.read() if proc.stderr else b""
-                raise RuntimeError(f"server exited: {err.decode()[-2000:]}")
+                raise RuntimeError(f"server exited: {tail(errors)}")
             try:
                 async with http.get(base + "/healthz", timeout=aiohttp.ClientTimeout(total=1)) as r:
                     if r.status == 200:
@@ -325,7 +337,7 @@ def summary(name: str, steps: list[Step]) -> tuple[int, float | None]:
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", default="1,25,50,100,150,200,250,300,350,400,500")
+    ap.add_argument("--steps", default="1,50,100,200,300,400,500,600,700,800")
     ap.add_argument("--ref-steps", default="1,2,3,4,6,8,10,12,16,20,24")
     ap.add_argument("--window", type=float, default=6.0)
     ap.add_argument("--settle", type=float, default=3.0)

@@ -21,7 +21,7 @@ class MediaConfig:
     ice_servers: tuple[str, ...] = ()
     # Viewers (WHEP sessions) one process serves; past it, 503 at_capacity. bench/media.py measures
     # what a core sustains (docs/benchmarks.md).
-    whep_max: int = 150
+    whep_max: int = 300
     # A session whose peer has not connected this long after its 201 is closed.
     connect_timeout_s: float = 15.0
     # The one encode per stream: H.264 Baseline (libx264 `ultrafast`) or VP8, at this rate and GOP.
@@ -45,7 +45,7 @@ class MediaConfig:
         return cls(
             addresses=_csv(env.get("LIVESALE_MEDIA_ADDRESSES", "")),
             ice_servers=_csv(env.get("LIVESALE_MEDIA_ICE_SERVERS", "")),
-            whep_max=int(env.get("LIVESALE_WHEP_MAX", "150")),
+            whep_max=int(env.get("LIVESALE_WHEP_MAX", "300")),
             connect_timeout_s=float(env.get("LIVESALE_MEDIA_CONNECT_TIMEOUT_S", "15")),
             fps=int(env.get("LIVESALE_MEDIA_FPS", "30")),
             bitrate=int(env.get("LIVESALE_MEDIA_BITRATE", "1500000")),
