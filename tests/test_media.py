@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from live.media import MEDIA
+from live.media import MEDIA, relay
 from livesale.config import Settings
 from livesale.embedded_redis import free_port
 from tests.helpers import Api, LiveServer, start_app_server, wait_for
@@ -56,8 +56,11 @@ async def close_all(*peers: Peer) -> None:
     await asyncio.gather(*(p.close() for p in peers))
 
 
-async def test_obs_style_publisher_reaches_two_viewers_with_its_picture(msrv: LiveServer, mapi: Api) -> None:
-    """An offer without candidates gets a 201 answer carrying ours; two WHEP viewers decode the pattern."""
+async def test_obs_style_publisher_reaches_two_viewers_with_its_picture(msrv: LiveServer, mapi: Api,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An offer without candidates gets a 201 answer carrying ours; two WHEP viewers decode the pattern
+    (sent one viewer per loop turn, so the fan-out lets go of the loop between them)."""
+    monkeypatch.setattr(relay, "_FAN_OUT_SLICE", 1)
     sid, ht = await new_stream(mapi)
     pub, resp = await publisher(mapi.session, msrv.url, sid, ht)
     assert resp.status == 201, await resp.text()

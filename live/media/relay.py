@@ -32,6 +32,7 @@ from live.media.rtpout import Packed, Packetizer, RtpOut, ntp_now
 
 _RTP_WRAP = 1 << 32
 _PENDING_FRAMES = 3  # 100 ms at 30 fps
+_FAN_OUT_SLICE = 50  # viewers sent a frame per loop turn (~3 ms of CPU)
 
 
 class FrameClock:
@@ -335,12 +336,14 @@ class Relay:
                 spent = time.perf_counter() - start
                 self.stats.frames_encoded += 1
                 self.stats.encode_seconds += spent
-                sent = self._fan_out(codec, packets)
+                sent = await self._fan_out(codec, packets)
                 if self._on_encode is not None:
                     self._on_encode(codec, spent, len(packets), sent)
 
-    def _fan_out(self, codec: str, packets: list[av.Packet]) -> int:
-        """Packetize each packet once and send it to every viewer of the codec, in this loop turn."""
+    async def _fan_out(self, codec: str, packets: list[av.Packet]) -> int:
+        """Packetize each packet once and send it to every viewer of the codec. The loop is let go
+        every `_FAN_OUT_SLICE` viewers, so requests on this process wait a few ms at most behind a big
+        audience's frame."""
         sent = 0
         packetizer = self._packetizers.get(codec)
         if packetizer is None:
@@ -348,9 +351,13 @@ class Relay:
         ntp = ntp_now()
         for packet in packets:
             frame = packetizer.pack(packet)
-            for track in self._viewers.get(codec, ()):
-                if track.deliver(frame, ntp) is Pushed.SENT:
-                    sent += 1
+            tracks = list(self._viewers.get(codec, ()))  # a viewer leaving meanwhile is skipped (finished)
+            for start in range(0, len(tracks), _FAN_OUT_SLICE):
+                if start:
+                    await asyncio.sleep(0)
+                for track in tracks[start:start + _FAN_OUT_SLICE]:
+                    if track.deliver(frame, ntp) is Pushed.SENT:
+                        sent += 1
         self.stats.packets_sent += sent
         return sent
 
