@@ -377,6 +377,74 @@ for _path, _item in PATHS.items():
         _item["parameters"] = [{"name": n, "in": "path", "required": True, "schema": _STR} for n in _names]
 
 
+def operation_id(method: str, path: str) -> str:
+    """`post /api/sales/{id}/orders` -> `post_api_sales_id_orders`: every operation's operationId."""
+    words = "".join(c if c.isalnum() else " " for c in path).split()
+    return "_".join([method, *words]) if words else method + "_root"
+
+
+for _path, _item in PATHS.items():
+    for _method, _op_item in _item.items():
+        if _method != "parameters":
+            _op_item["operationId"] = operation_id(_method, _path)
+
+# OpenAPI links: where the ids in an answer lead (a client's next calls; schemathesis follows them in
+# tests/test_openapi.py's stateful run). (method, path, status) -> link name -> (method, path of the
+# operation it leads to, its parameters as runtime expressions, a request body or None).
+_Link = tuple[str, str, dict[str, str], dict[str, Any] | None]
+_ID = {"id": "$response.body#/id"}
+_CARD = {"payment_method": "pm_card_visa"}
+_ORDER_NEXT: dict[str, _Link] = {
+    "GetOrder": ("get", "/api/orders/{id}", _ID, None),
+    "PayOrder": ("post", "/api/orders/{id}/pay", _ID, _CARD),
+    "CancelOrder": ("post", "/api/orders/{id}/cancel", _ID, None),
+    "GetSale": ("get", "/api/sales/{id}", {"id": "$response.body#/sale"}, None),
+}
+_SALE_NEXT: dict[str, _Link] = {
+    "GetSale": ("get", "/api/sales/{id}", _ID, None),
+    "Reserve": ("post", "/api/sales/{id}/orders", _ID, None),
+    "EndSale": ("post", "/api/sales/{id}/end", _ID, None),
+    "GetStreamSales": ("get", "/api/streams/{id}/sales", {"id": "$response.body#/stream_id"}, None),
+}
+_STREAM_NEXT: dict[str, _Link] = {
+    "GetStream": ("get", "/api/streams/{id}", _ID, None),
+    "OpenSale": ("post", "/api/streams/{id}/sales", _ID, None),
+    "OpenAuction": ("post", "/api/streams/{id}/auctions", _ID, None),
+    "OpenGroupBuy": ("post", "/api/streams/{id}/groupbuys", _ID, None),
+}
+LINKS: dict[tuple[str, str, str], dict[str, _Link]] = {
+    ("post", "/api/streams", "201"): {**_STREAM_NEXT, "StartStream": ("post", "/api/streams/{id}/start", _ID, None)},
+    ("post", "/api/streams/{id}/start", "200"): {**_STREAM_NEXT,
+                                                 "EndStream": ("post", "/api/streams/{id}/end", _ID, None)},
+    ("post", "/api/streams/{id}/sales", "201"): {**_SALE_NEXT,
+                                                 "StartSale": ("post", "/api/sales/{id}/start", _ID, None)},
+    ("post", "/api/sales/{id}/start", "200"): _SALE_NEXT,
+    ("post", "/api/sales/{id}/orders", "201"): {**_ORDER_NEXT, "ReserveAgain": (
+        "post", "/api/sales/{id}/orders", {"id": "$response.body#/sale"}, None)},
+    ("post", "/api/sales/{id}/orders", "200"): _ORDER_NEXT,
+    ("post", "/api/orders/{id}/pay", "200"): _ORDER_NEXT,
+    ("post", "/api/orders/{id}/cancel", "200"): _ORDER_NEXT,
+    ("post", "/api/streams/{id}/auctions", "201"): {
+        "GetAuction": ("get", "/api/auctions/{id}", _ID, None),
+        "StartAuction": ("post", "/api/auctions/{id}/start", _ID, None)},
+    ("post", "/api/auctions/{id}/start", "200"): {
+        "GetAuction": ("get", "/api/auctions/{id}", _ID, None),
+        "Bid": ("post", "/api/auctions/{id}/bids", _ID, None)},
+    ("post", "/api/streams/{id}/groupbuys", "201"): {
+        "GetGroupBuy": ("get", "/api/groupbuys/{id}", _ID, None),
+        "OpenGroup": ("post", "/api/groupbuys/{id}/groups", _ID, _CARD),
+        "EndGroupBuy": ("post", "/api/groupbuys/{id}/end", _ID, None)},
+    ("post", "/api/groupbuys/{id}/groups", "201"): {
+        "GetGroup": ("get", "/api/groups/{gid}", {"gid": "$response.body#/group"}, None),
+        "JoinGroup": ("post", "/api/groups/{gid}/members", {"gid": "$response.body#/group"}, _CARD),
+        "GetMemberOrder": ("get", "/api/orders/{id}", {"id": "$response.body#/member"}, None)},
+}
+for (_method, _path, _status), _links in LINKS.items():
+    PATHS[_path][_method]["responses"][_status]["links"] = {
+        name: {"operationId": operation_id(m, target), "parameters": params, **({"requestBody": body} if body else {})}
+        for name, (m, target, params, body) in _links.items()}
+
+
 def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",

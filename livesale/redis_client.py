@@ -12,6 +12,7 @@ from urllib.parse import unquote
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.commands.core import AsyncScript
 
 from livesale.errors import Unavailable
 
@@ -94,8 +95,9 @@ def redis_errors() -> Iterator[None]:
 
 
 class LuaScript:
-    """A Lua file beside the code that loads it; EVALSHA with a reload on NOSCRIPT
-    (a restarted Redis has an empty script cache)."""
+    """A Lua file beside the code that loads it, run through redis-py's own script object
+    (`register_script`: EVALSHA, and on NOSCRIPT, which a restarted Redis with an empty script cache
+    answers, SCRIPT LOAD and EVALSHA again). Each call names the client it runs on."""
 
     def __init__(self, path: Path, prelude: str = "") -> None:
         import hashlib
@@ -107,15 +109,17 @@ class LuaScript:
         # be in the slot of the script's keys (stream channels are: `stream:S` hashes as `{stream:S}`).
         self.cluster_source = self.source.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
         self.cluster_sha = hashlib.sha1(self.cluster_source.encode()).hexdigest()
+        # redis-py's script objects, plain and cluster variant, registered with the first client of
+        # each kind that calls (a script object needs a client to be made; it runs on the one named).
+        self._scripts: dict[bool, AsyncScript] = {}
 
     def for_client(self, r: object) -> tuple[str, str]:
         """(sha, source) of the variant this client runs."""
         return (self.cluster_sha, self.cluster_source) if is_cluster(r) else (self.sha, self.source)
 
     async def __call__(self, r: aioredis.Redis, keys: list[str], args: list[object]) -> object:
-        sha, source = self.for_client(r)
-        try:
-            return await r.evalsha(sha, len(keys), *keys, *args)  # type: ignore[misc]
-        except rx.NoScriptError:
-            await r.script_load(source)  # type: ignore[misc]
-            return await r.evalsha(sha, len(keys), *keys, *args)  # type: ignore[misc]
+        cluster = is_cluster(r)
+        script = self._scripts.get(cluster)
+        if script is None:
+            script = self._scripts[cluster] = r.register_script(self.for_client(r)[1].encode())
+        return await script(keys, args, client=r)

@@ -1,9 +1,11 @@
 """Hypothesis drives random bids, batches of bids, retried keys, clock jumps and closes against the
 pure rules (commerce/auction_rules.py) and the real bid.lua / auction_close.lua on the real Redis,
-with the clock given to the scripts, and checks they agree after every step."""
+called as production calls them (LuaScript: redis-py's script objects) but with the clock given to
+the scripts (production's Auctions.bid runs on Redis's clock), and checks they agree after every step."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -15,6 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from commerce import auction_rules as rules
 from commerce import auctions, keys
 from livesale.bus import log_key, seq_key
+from livesale.redis_client import LuaScript, connect
 from livesale.times import iso_ms
 
 STREAM, AUCTION = "st000000000001", "au000000000001"
@@ -33,6 +36,8 @@ class AuctionMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.r = redis.Redis.from_url(self.url)
+        self.loop = asyncio.Runner()
+        self.ar = connect(self.url)
         self.rules = rules.Rules(100)
         self.s = rules.State()
         self.now = 0
@@ -63,7 +68,7 @@ class AuctionMachine(RuleBasedStateMachine):
         args: list[Any] = [self.now, "stream:" + STREAM, 1000, AUCTION, len(bids)]
         for b in bids:
             args += b
-        return self.r.eval(auctions.BID.source, 4, *BID_KEYS, *args)  # type: ignore[no-any-return]
+        return self.script(auctions.BID, BID_KEYS, args)  # type: ignore[no-any-return]
 
     def _expect(self, user: str, key: str, max_cents: int) -> list[int]:
         """What the model says the script answers, applying the bid to the model."""
@@ -127,7 +132,7 @@ class AuctionMachine(RuleBasedStateMachine):
         closed = rules.close(self.rules, self.s, self.now)
         if closed and self.s.status == "unsold":
             self.events += 1
-        r = self.r.eval(auctions.CLOSE.source, 3, *CLOSE_KEYS, self.now, "stream:" + STREAM, 1000, AUCTION)
+        r = self.script(auctions.CLOSE, CLOSE_KEYS, [self.now, "stream:" + STREAM, 1000, AUCTION])
         assert r[0].decode() == self.s.status
         assert r[2].decode() == self.s.winner
         assert (was == "active") or not closed
@@ -136,8 +141,8 @@ class AuctionMachine(RuleBasedStateMachine):
     @rule()
     def announce(self) -> None:
         """The sold event goes out once, however many announce."""
-        first = self.r.eval(auctions.ANNOUNCE.source, 3, *CLOSE_KEYS, self.now, "stream:" + STREAM, 1000, AUCTION)
-        again = self.r.eval(auctions.ANNOUNCE.source, 3, *CLOSE_KEYS, self.now, "stream:" + STREAM, 1000, AUCTION)
+        first = self.script(auctions.ANNOUNCE, CLOSE_KEYS, [self.now, "stream:" + STREAM, 1000, AUCTION])
+        again = self.script(auctions.ANNOUNCE, CLOSE_KEYS, [self.now, "stream:" + STREAM, 1000, AUCTION])
         if int(first):
             self.events += 1
         assert int(again) == 0
@@ -161,8 +166,16 @@ class AuctionMachine(RuleBasedStateMachine):
             assert set(ev) in ({"type", "auction", "price_cents", "leader", "ends_at", "bids", "ts", "seq"},
                                {"type", "auction", "status", "winner", "price_cents", "order", "ends_at", "ts", "seq"})
 
+    def script(self, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
+        """The script as production calls it (commerce/auctions.py): `await SCRIPT(redis, keys, args)`."""
+        return self.loop.run(script(self.ar, keys, args))
+
     def teardown(self) -> None:
-        self.r.close()
+        try:
+            self.loop.run(self.ar.aclose())
+        finally:
+            self.loop.close()
+            self.r.close()
 
 
 def test_auction_state_machine(redis_url: str) -> None:

@@ -1,9 +1,11 @@
 """Hypothesis drives the group-buy scripts (join/open, confirm, release, close, end) in random order
-against the real Lua on the real Redis, predicts each answer from a model, and checks the invariants
+against the real Lua on the real Redis, called as production calls them (LuaScript: redis-py's
+script objects), predicts each answer from a model, and checks the invariants
 after every step."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import redis
@@ -13,6 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from commerce import groupbuys as gbm
 from commerce import keys
+from livesale.redis_client import LuaScript, connect
 
 STOCK, TIERS, PRICE0 = 8, [(2, 900), (3, 800)], 900
 MAX = TIERS[-1][0]
@@ -21,8 +24,9 @@ GB = "gb0000000000aa"
 KS = keys.groupbuy_keys(GB)
 
 
-def call(r: redis.Redis, script: Any, args: list[Any]) -> Any:
-    return r.eval(script.source, len(KS), *KS, *args)
+def call(m: GroupbuyMachine, script: LuaScript, args: list[Any]) -> Any:
+    """The script as production calls it (commerce/group_money.py): `await SCRIPT(redis, keys, args)`."""
+    return m.loop.run(script(m.ar, KS, args))
 
 
 class GroupbuyMachine(RuleBasedStateMachine):
@@ -31,6 +35,8 @@ class GroupbuyMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.r = redis.Redis.from_url(self.url)
+        self.loop = asyncio.Runner()
+        self.ar = connect(self.url)
         self.members: dict[str, dict[str, Any]] = {}  # oid -> user, gid, status, key, op
         self.groups: dict[str, str] = {}  # gid -> open | succeeded | failed
         self.idem: dict[tuple[str, str], str] = {}
@@ -57,7 +63,7 @@ class GroupbuyMachine(RuleBasedStateMachine):
     def _enter(self, user: str, key: str, gid: str) -> None:
         self.n += 1
         oid, new_gid = f"{GB}.{self.n:016x}", f"{GB}-{self.n:010x}"
-        res = call(self.r, gbm.JOIN, [user, key, gid, "pm_card_visa", "", oid, new_gid])
+        res = call(self, gbm.JOIN, [user, key, gid, "pm_card_visa", "", oid, new_gid])
         existing = self.idem.get((user, key))
         if existing is not None:
             m = self.members[existing]
@@ -116,7 +122,7 @@ class GroupbuyMachine(RuleBasedStateMachine):
         self._confirm(data.draw(st.sampled_from(sorted(self.members))))
 
     def _confirm(self, oid: str) -> None:
-        res = call(self.r, gbm.CONFIRM, [oid, "ch_" + oid, PRICE0])
+        res = call(self, gbm.CONFIRM, [oid, "ch_" + oid, PRICE0])
         m = self.members[oid]
         if m["status"] == "pending":
             assert res[0] == 0
@@ -129,7 +135,7 @@ class GroupbuyMachine(RuleBasedStateMachine):
     def release(self, data: Any) -> None:
         oid = self._pending(data)
         assert oid is not None
-        assert call(self.r, gbm.RELEASE, [oid])[0] == 0
+        assert call(self, gbm.RELEASE, [oid])[0] == 0
         m = self.members[oid]
         m["status"] = "declined"
         del self.idem[(m["user"], m["key"])]
@@ -140,7 +146,7 @@ class GroupbuyMachine(RuleBasedStateMachine):
     @rule(data=st.data(), force=st.booleans())
     def close(self, data: Any, force: bool) -> None:
         gid = data.draw(st.sampled_from(sorted(self.groups)))
-        res = call(self.r, gbm.CLOSE, [gid, "1" if force else "0"])
+        res = call(self, gbm.CLOSE, [gid, "1" if force else "0"])
         held = self.holding(gid)
         joined = [o for o in held if self.members[o]["status"] == "joined"]
         if self.groups[gid] != "open":
@@ -182,7 +188,11 @@ class GroupbuyMachine(RuleBasedStateMachine):
             assert int(groups[b"n:" + gid.encode()]) == len(members) <= MAX
 
     def teardown(self) -> None:
-        self.r.close()
+        try:
+            self.loop.run(self.ar.aclose())
+        finally:
+            self.loop.close()
+            self.r.close()
 
 
 def test_groupbuy_state_machine(redis_url: str) -> None:
