@@ -82,9 +82,14 @@ async def test_charge_without_commit_is_refunded_after_the_hold_expires(
         assert (await attempt_row(fast_settle, order["id"])).state == "open"
         await asyncio.to_thread(redis_server.restart)
         # The buyer never retries: the hold expires, and the reconciler gives the money back.
-        await wait_for(lambda: charge.id in provider.refunded, timeout=15)
+        # (The reconciler refunds, then records the refund in SQL: wait for the record.)
+        async def recorded() -> bool:
+            return (await attempt_row(fast_settle, order["id"])).state != "open"
+
+        await wait_for(recorded, timeout=15)
         row = await attempt_row(fast_settle, order["id"])
         assert (row.state, row.charge_id) == ("refunded", charge.id)
+        assert charge.id in provider.refunded
         st, now = await served(lambda: api.call("GET", f"/api/orders/{order['id']}", token=tok))
         assert st == 200 and now["status"] == "expired"
         sale = (await served(lambda: api.call("GET", f"/api/sales/{s['sale_id']}")))[1]
