@@ -33,6 +33,7 @@ from livesale.codes import ErrorCode
 from livesale.errors import Conflict, Forbidden, NotFound, Unavailable, Unprocessable
 from livesale.redis_client import REDIS_DOWN, LuaScript, redis_errors, refuses_writes
 from livesale.services import Services
+from livesale.tasks import settle
 from livesale.times import iso_ms
 
 log = logging.getLogger("livesale.auctions")
@@ -175,15 +176,6 @@ class _Bid:
         self.user, self.key, self.max, self.done = user, key, max_, done
 
 
-def _settle(fut: asyncio.Future[list[Any]], outcome: Any) -> None:
-    if fut.done():  # its bidder went away
-        return
-    if isinstance(outcome, BaseException):
-        fut.set_exception(outcome)
-    else:
-        fut.set_result(outcome)
-
-
 class Auctions:
     """Per-process auction state: the bid batcher and a cache of AuctionInfo (immutable)."""
 
@@ -282,7 +274,7 @@ class Auctions:
         """(HTTP status, body) of one bid; refusals raise."""
         info = await self.info(auction_id)
         fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self.submit(info, user, key, amount, functools.partial(_settle, fut))
+        self.submit(info, user, key, amount, functools.partial(settle, fut))
         return answer(await fut)
 
     def submit(self, info: AuctionInfo, user: str, key: str, amount: int, done: BidDone) -> None:

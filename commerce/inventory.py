@@ -25,6 +25,7 @@ from redis import exceptions as rx
 from commerce import keys
 from livesale.errors import Unavailable
 from livesale.redis_client import REDIS_DOWN, LuaScript, is_cluster, refuses_writes
+from livesale.tasks import settle
 from monitoring import metrics as m
 
 _LUA = Path(__file__).with_name("lua")
@@ -109,15 +110,6 @@ class _Op:
             self.reply(outcome)
         except Exception:  # one reply's failure must not cost the rest of the batch their answers
             log.error("a reserve reply failed", exc_info=True)
-
-
-def _settle(fut: asyncio.Future[Reservation], outcome: Reservation | BaseException) -> None:
-    if fut.done():
-        return
-    if isinstance(outcome, BaseException):
-        fut.set_exception(outcome)
-    else:
-        fut.set_result(outcome)
 
 
 def _bulk(value: bytes) -> bytes:
@@ -205,7 +197,7 @@ class Reserver:
 
     def reserve(self, sale_id: str, user: str, key: str, quantity: int) -> asyncio.Future[Reservation]:
         fut: asyncio.Future[Reservation] = asyncio.get_running_loop().create_future()
-        self.submit(sale_id, user, key, quantity, functools.partial(_settle, fut))
+        self.submit(sale_id, user, key, quantity, functools.partial(settle, fut))
         return fut
 
     def submit(self, sale_id: str, user: str, key: str, quantity: int, reply: Reply) -> None:

@@ -10,9 +10,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from livesale.redis_client import REDIS_DOWN
 from monitoring import metrics as m
+
+
+def settle(fut: asyncio.Future[Any], outcome: Any) -> None:
+    """Give a batched caller its outcome (a result, or the exception standing for it), unless it
+    stopped waiting."""
+    if fut.done():
+        return
+    if isinstance(outcome, BaseException):
+        fut.set_exception(outcome)
+    else:
+        fut.set_result(outcome)
 
 
 def raise_if_cancelling() -> None:

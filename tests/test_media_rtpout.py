@@ -15,14 +15,14 @@ from typing import Any
 
 import av
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, clock
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtp import RtpPacket
 
 from live.media.config import MediaConfig
 from live.media.ice import gather_on
 from live.media.relay import Pushed, VideoEncoder, ViewerTrack
-from live.media.rtpout import Packetizer, RtpOut, ntp_now
+from live.media.rtpout import Packetizer, RtpOut
 from tests.media_peers import LOOPBACK, pattern_frame
 
 FRAMES = 12
@@ -116,7 +116,7 @@ async def test_fan_out_path_sends_what_aiortcs_sender_sends(codec: str) -> None:
     try:
         await wait_for(lambda: out.ready)
         packetizer = Packetizer(codec)
-        delivered = [track.deliver(packetizer.pack(p), ntp_now()) for p in packets]
+        delivered = [track.deliver(packetizer.pack(p), clock.current_ntp_time()) for p in packets]
         assert delivered == [Pushed.SENT] * FRAMES
         total = sum(len(packetizer.pack(p).payloads) for p in packets)
         await wait_for(lambda: len(got) >= total and len(ref_got) >= total)
@@ -158,17 +158,17 @@ async def test_viewer_starts_at_a_keyframe_and_restarts_at_one_after_its_transpo
     packetizer = Packetizer("H264")
     frames = [packetizer.pack(p) for p in packets]
     track = ViewerTrack("H264")
-    assert track.deliver(frames[0], ntp_now()) is Pushed.WAITING  # no transport yet
+    assert track.deliver(frames[0], clock.current_ntp_time()) is Pushed.WAITING  # no transport yet
     tx, rx, sender, _, got = await connect(track, "H264", lambda s: setattr(track, "out", RtpOut(s, lambda: None)))
     out = track.out
     assert out is not None
     try:
         await wait_for(lambda: out.ready)
-        assert [track.deliver(f, ntp_now()) for f in frames[1:4]] == [Pushed.WAITING] * 3  # mid-GOP
-        assert track.deliver(frames[6], ntp_now()) is Pushed.SENT
-        assert track.deliver(frames[7], ntp_now()) is Pushed.SENT
+        assert [track.deliver(f, clock.current_ntp_time()) for f in frames[1:4]] == [Pushed.WAITING] * 3  # mid-GOP
+        assert track.deliver(frames[6], clock.current_ntp_time()) is Pushed.SENT
+        assert track.deliver(frames[7], clock.current_ntp_time()) is Pushed.SENT
         await tx.close()
-        assert track.deliver(frames[8], ntp_now()) is Pushed.WAITING
+        assert track.deliver(frames[8], clock.current_ntp_time()) is Pushed.WAITING
         assert track.sent == 2
         await wait_for(lambda: len(got) >= len(frames[6].payloads) + len(frames[7].payloads))
     finally:

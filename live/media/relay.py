@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 import av
+from aiortc import clock
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av.video.frame import PictureType
 
 from live.media.config import MediaConfig
-from live.media.rtpout import Packed, Packetizer, RtpOut, ntp_now
+from live.media.rtpout import Packed, Packetizer, RtpOut
 
 _RTP_WRAP = 1 << 32
 _PENDING_FRAMES = 3  # 100 ms at 30 fps
@@ -143,7 +144,6 @@ class AudioEncoder:
 class Pushed(IntEnum):
     SENT = 0
     WAITING = 1  # the viewer waits for a keyframe
-    DROPPED = 2  # the viewer's queue was full: its backlog is dropped
 
 
 class ViewerTrack(MediaStreamTrack):
@@ -348,7 +348,7 @@ class Relay:
         packetizer = self._packetizers.get(codec)
         if packetizer is None:
             packetizer = self._packetizers[codec] = Packetizer(codec)
-        ntp = ntp_now()
+        ntp = clock.current_ntp_time()  # the frame's abs-send-time and sender report, for every viewer
         for packet in packets:
             frame = packetizer.pack(packet)
             tracks = list(self._viewers.get(codec, ()))  # a viewer leaving meanwhile is skipped (finished)

@@ -27,7 +27,7 @@ from typing import Any
 import av
 from aioice import Connection
 from aioice.ice import StunProtocol
-from aiortc import RTCRtpCodecParameters, RTCRtpSender, clock
+from aiortc import RTCRtpCodecParameters, RTCRtpSender
 from aiortc.codecs import get_encoder
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpsender import random_sequence_number
@@ -185,8 +185,3 @@ async def _send_all(protocol: Any, datagrams: list[bytes], addr: tuple[str, int]
     with contextlib.suppress(ConnectionError, OSError):
         for data in datagrams:
             await protocol.send_data(data, addr)
-
-
-def ntp_now() -> int:
-    """The NTP time for a frame's abs-send-time and sender report (once per frame, not per viewer)."""
-    return clock.current_ntp_time()
